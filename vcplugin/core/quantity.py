@@ -30,6 +30,8 @@ def parse_quantity(value: object) -> Decimal:
     """Parse a Kubernetes quantity; numbers pass through. Raises QuantityError with the bad text."""
     if isinstance(value, bool):
         raise QuantityError(f"invalid quantity {value!r}")
+    if isinstance(value, Decimal):
+        return value
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):

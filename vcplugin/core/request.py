@@ -99,6 +99,10 @@ def _container_request(ctr: Mapping[str, Any], init: bool, cfg: DeviceConfig) ->
     if raw_count is None and raw_mem is None and raw_pct is None and raw_cores is None:
         return None
     count = _int_field(cname, cfg.resource_count, raw_count, 0, None) if raw_count is not None else cfg.default_gpu_num
+    if isinstance(raw_mem, str) and raw_mem.strip()[-2:] in ("Ki", "Mi", "Gi", "Ti"):
+        raise RequestError(
+            f"container {cname!r}: {cfg.resource_memory} is a number of MiB; write e.g. 16384, not {raw_mem!r}"
+        )
     memory = _int_field(cname, cfg.resource_memory, raw_mem, 1, None) if raw_mem is not None else 0
     percent = _int_field(cname, cfg.resource_memory_percentage, raw_pct, 1, 100) if raw_pct is not None else 0
     cores = _int_field(cname, cfg.resource_cores, raw_cores, 0, 100) if raw_cores is not None else cfg.default_cores
