@@ -145,6 +145,23 @@ async def test_configmaps_secrets_events(api: FakeKubeApi, v1: client.CoreV1Api)
     assert len(events.items) == 2 and all(e.metadata.name.startswith("ev-") for e in events.items)
 
 
+async def test_namespaces_and_group_resources(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
+    await v1.create_namespace({"metadata": {"name": "gpu"}})
+    assert (await v1.read_namespace("gpu")).metadata.name == "gpu"
+    ns = await v1.patch_namespace_status("gpu", {"status": {"phase": "Active"}})
+    assert ns.status.phase == "Active"
+    coord = client.CoordinationV1Api(v1.api_client)
+    lease = await coord.create_namespaced_lease("gpu", {"metadata": {"name": "leader"},
+                                                        "spec": {"holderIdentity": "a"}})
+    assert lease.kind == "Lease" and lease.api_version == "coordination.k8s.io/v1"
+    lease.spec.holder_identity = "b"
+    assert (await coord.replace_namespaced_lease("leader", "gpu", lease)).spec.holder_identity == "b"
+    with pytest.raises(ApiException) as exc:  # the stale copy loses the leader-election race
+        await coord.replace_namespaced_lease("leader", "gpu", lease)
+    assert exc.value.status == 409
+    assert api.get("leases", "gpu", "leader")["spec"]["holderIdentity"] == "b"
+
+
 async def test_pagination_and_deletecollection(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
     for i in range(5):
         api.create("pods", pod(f"p{i}", labels={"batch": "1" if i < 3 else "2"}))
@@ -319,20 +336,21 @@ def test_selector_parsing() -> None:
 
 
 async def test_watch_field_selector_translates_transitions(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
-    rv = str(api.resource_version)
+    api.create("pods", pod("elsewhere", node="n2"))  # never matches: not delivered
+    rv = str(api.resource_version)  # (RV "0" would mean "start from current state" instead)
     async with watch.Watch() as w:
         w.stream(v1.list_pod_for_all_namespaces, field_selector="spec.nodeName=n1", resource_version=rv,
                  timeout_seconds=10)
         reader = asyncio.create_task(collect(w, 4))
-        api.create("pods", pod("elsewhere", node="n2"))  # never matches: not delivered
         api.create("pods", pod("a"))  # unscheduled: not delivered yet
         api.patch("pods", NS, "a", {"spec": {"nodeName": "n1"}})  # starts matching -> ADDED
         api.patch("pods", NS, "a", {"metadata": {"labels": {"x": "1"}}})  # MODIFIED
         api.patch("pods", NS, "a", {"spec": {"nodeName": "n3"}})  # stops matching -> DELETED
         api.create("pods", pod("b", node="n1"))  # ADDED
         assert await reader == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a"), ("ADDED", "b")]
+    api.create("pods", pod("c"))
     unscheduled = await v1.list_pod_for_all_namespaces(field_selector="spec.nodeName=")
-    assert unscheduled.items == []
+    assert [p.metadata.name for p in unscheduled.items] == ["c"]
 
 
 async def test_watch_replays_history_and_events_carry_kind(api: FakeKubeApi, v1: client.CoreV1Api) -> None:
@@ -399,7 +417,7 @@ async def test_watch_expired_rv_raises_410(api: FakeKubeApi, v1: client.CoreV1Ap
         assert await reader == [("DELETED", "p")]
 
 
-async def test_bounded_history_expires_old_rvs(v1: client.CoreV1Api) -> None:
+async def test_bounded_history_expires_old_rvs() -> None:
     async with FakeKubeApi(max_history=3) as small:
         for i in range(5):
             small.create("configmaps", {"metadata": {"name": f"c{i}", "namespace": NS}})

@@ -107,8 +107,17 @@ def gpu_report(nodes: list[NodeState]) -> list[GpuOut]:
                 ]
             out.append(
                 GpuOut(
-                    node.name, g.index, g.uuid, g.model, g.mode, g.geometry, instances,
-                    g.used_memory, g.used_cores, g.shares, g.total_memory,
+                    node.name,
+                    g.index,
+                    g.uuid,
+                    g.model,
+                    g.mode,
+                    g.geometry,
+                    instances,
+                    g.used_memory,
+                    g.used_cores,
+                    g.shares,
+                    g.total_memory,
                 )
             )
     return out

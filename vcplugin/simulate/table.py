@@ -41,8 +41,16 @@ def render(result: SimulationResult) -> str:
         else:
             lay = f"{g.shares} share(s)" if g.mode == "hami-core" else "empty"
         gpu_rows.append(
-            [g.node, str(g.index), g.model, g.mode, f"{g.used_memory}/{g.total_memory}", f"{g.used_cores}%",
-             "-" if g.geometry is None else str(g.geometry), lay]
+            [
+                g.node,
+                str(g.index),
+                g.model,
+                g.mode,
+                f"{g.used_memory}/{g.total_memory}",
+                f"{g.used_cores}%",
+                "-" if g.geometry is None else str(g.geometry),
+                lay,
+            ]
         )
     parts.append(f"\nGPUs ({sum(1 for g in result.gpus if g.used_memory)} of {len(result.gpus)} in use; * = in use)")
     parts.append(_table(["NODE", "GPU", "MODEL", "MODE", "MEM MiB", "CORES", "GEOM", "LAYOUT"], gpu_rows))
