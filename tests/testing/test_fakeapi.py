@@ -27,7 +27,7 @@ async def api() -> AsyncIterator[FakeKubeApi]:
 
 @pytest.fixture
 async def v1(api: FakeKubeApi) -> AsyncIterator[client.CoreV1Api]:
-    api_client = await config.new_client_from_config_dict(api.kubeconfig_dict())
+    api_client = await api.new_client()  # config.new_client_from_config_dict(api.kubeconfig_dict())
     try:
         yield client.CoreV1Api(api_client)
     finally:
