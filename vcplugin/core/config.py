@@ -268,25 +268,23 @@ def _compile(f: ConfigFile, problems: Problems) -> DeviceConfig:
             geometries[model.key] = tuple(compiled)
 
     nodes: dict[str, NodeSettings] = {}
-    for ni, node_entry in enumerate(nv.nodeconfig):
+    for ni, ne in enumerate(nv.nodeconfig):
         npath = (*N, "nodeconfig", ni)
-        if node_entry.operatingmode not in names.MODES:
+        if ne.operatingmode not in names.MODES:
             problems.add((*npath, "operatingmode"), f"unknown operating mode; use one of {', '.join(names.MODES)}")
-        if node_entry.name in nodes:
+        if ne.name in nodes:
             problems.add((*npath, "name"), "duplicate node name")
-        split = node_entry.devicesplitcount if node_entry.devicesplitcount is not None else nv.device_split_count
-        mscale = node_entry.devicememoryscaling if node_entry.devicememoryscaling is not None else nv.device_memory_scaling
-        cscale = node_entry.devicecorescaling if node_entry.devicecorescaling is not None else nv.device_core_scaling
+        split = ne.devicesplitcount if ne.devicesplitcount is not None else nv.device_split_count
+        mscale = ne.devicememoryscaling if ne.devicememoryscaling is not None else nv.device_memory_scaling
+        cscale = ne.devicecorescaling if ne.devicecorescaling is not None else nv.device_core_scaling
         if split < 1:
             problems.add((*npath, "devicesplitcount"), "must be at least 1")
         if not mscale > 0:
             problems.add((*npath, "devicememoryscaling"), "must be greater than 0")
         if not cscale > 0:
             problems.add((*npath, "devicecorescaling"), "must be greater than 0")
-        fd = node_entry.filterdevices or FilterDevices()
-        nodes[node_entry.name] = NodeSettings(
-            node_entry.operatingmode, split, mscale, cscale, frozenset(fd.uuid), frozenset(fd.index)
-        )
+        fd = ne.filterdevices or FilterDevices()
+        nodes[ne.name] = NodeSettings(ne.operatingmode, split, mscale, cscale, frozenset(fd.uuid), frozenset(fd.index))
 
     sch, S = f.scheduler, ("scheduler",)
     if sch.node_policy not in names.POLICIES:

@@ -48,5 +48,9 @@ ANNO_SIGNATURE: Final = "vgpu-pool.io/assignment-signature"  # pod: HMAC of the 
 ANNO_MIG_DEVICES: Final = "vgpu-pool.io/mig-devices"  # pod: MIG device UUIDs written by the node agent
 ANNO_AGENT_STATUS: Final = "vgpu-pool.io/agent-status"  # node: geometry problems, pending MIG mode
 
+# Pod label (selectable, unlike annotations): the node an assignment is for, so a node agent can
+# watch the pods assigned to it before they are bound.
+LABEL_ASSIGNED_NODE: Final = "vgpu-pool.io/node"
+
 # Device type prefix in Volcano's registration and device strings.
 DEVICE_VENDOR: Final = "NVIDIA"

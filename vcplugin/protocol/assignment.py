@@ -128,6 +128,21 @@ def assignment_annotations(
     return out
 
 
+def assignment_patch(annotations: dict[str, str], node: str) -> dict[str, object]:
+    """The merge patch written on allocate: the annotations, and the node label agents watch."""
+    return {"metadata": {"annotations": annotations, "labels": {names.LABEL_ASSIGNED_NODE: node}}}
+
+
+def release_patch() -> dict[str, object]:
+    """The merge patch written on deallocate: every assignment key and the label removed."""
+    return {
+        "metadata": {
+            "annotations": dict.fromkeys(ASSIGNMENT_KEYS),
+            "labels": {names.LABEL_ASSIGNED_NODE: None},
+        }
+    }
+
+
 # Keys removed on deallocate (set to null in a merge patch).
 ASSIGNMENT_KEYS = (
     names.ANNO_VGPU_NODE,

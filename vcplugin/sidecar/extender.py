@@ -10,9 +10,9 @@ from ..core import names
 from ..core.request import PodRequest
 from ..core.score import node_score
 from ..core.types import Assignment, Rejection
-from ..kube.client import KubeClient, KubeError, annotations_patch, pod_path
+from ..kube.client import KubeClient, KubeError, pod_path
 from ..kube.objects import Pod
-from ..protocol.assignment import ASSIGNMENT_KEYS, assignment_annotations
+from ..protocol.assignment import assignment_annotations, assignment_patch, release_patch
 from . import wire
 from .metrics import Metrics, reason_category
 from .state import ClusterState, parse_pod_request
@@ -118,7 +118,7 @@ class Extender:
         annotations = assignment_annotations(req.uid, result, self.state.geometries_of, self.clock(), self.signing_key)
         if self.kube is not None:
             try:
-                await self.kube.patch(pod_path(req.namespace, req.name), annotations_patch(dict(annotations)))
+                await self.kube.patch(pod_path(req.namespace, req.name), assignment_patch(annotations, result.node))
             except (KubeError, OSError, TimeoutError) as exc:
                 self.state.deallocate(req.uid)
                 self.metrics.patch_failures.labels(verb).inc()
@@ -148,8 +148,7 @@ class Extender:
         name = task.name or (task.pod.metadata.name if task.pod else "")
         if self.kube is not None and namespace and name:
             try:
-                patch = annotations_patch(dict.fromkeys(ASSIGNMENT_KEYS))
-                await self.kube.patch(pod_path(namespace, name), patch)
+                await self.kube.patch(pod_path(namespace, name), release_patch())
             except (KubeError, OSError, TimeoutError) as exc:
                 self.metrics.patch_failures.labels("deallocate").inc()
                 log.warning("deallocate %s/%s: could not remove the assignment: %s", namespace, name, exc)
