@@ -260,3 +260,47 @@ def all_multisets(table: Table, kinds: Iterable[str]) -> list[tuple[tuple[str, i
     for counts in itertools.product(*ranges):
         out.append(tuple(sorted((k, c) for k, c in zip(kinds, counts, strict=True) if c)))
     return out
+
+
+# --- an independent oracle for MIG first-fit on one GPU ------------------------------------------
+
+_LAYOUTS_BY_MULTISET: dict[int, dict[tuple, list[Layout]]] = {}
+
+
+def _layouts_by_multiset(table: Table) -> dict[tuple, list[Layout]]:
+    found = _LAYOUTS_BY_MULTISET.get(id(table))
+    if found is None:
+        found = {}
+        for lay in enumerate_layouts(table, [k.key for k in table.kinds]):
+            found.setdefault(multiset(lay), []).append(lay)
+        _LAYOUTS_BY_MULTISET[id(table)] = found
+    return found
+
+
+def geometry_keeps(gpu: GpuState, geom: Any) -> bool:
+    """Whether some valid layout of the geometry's instances keeps every in-use instance in place."""
+    key = gpu.mig_model.key  # type: ignore[union-attr]
+    kind = {v: k for k, v in PROFILE_NAMES[key].items()}
+    table = TABLE_FOR_MODEL[key]
+    fixed = {(kind[i.profile], i.start) for i in gpu.instances}
+    ms = tuple(sorted(Counter(kind[s.profile.name] for s in geom.slots).items()))
+    return any(fixed <= lay for lay in _layouts_by_multiset(table).get(ms, []))
+
+
+def expected_mig_choice(gpu: GpuState, mem: int, n: int) -> tuple[int, list[str]] | None:
+    """The contract on one GPU: the first geometry in config order that keeps every in-use instance at
+    its placement and has n free instances of at least `mem` MiB; within it the n smallest such
+    instances (by memory, then compute slices). Returns (geometry index, sorted profile names)."""
+    for geom in gpu.geometries:
+        if not geometry_keeps(gpu, geom):
+            continue
+        free = Counter(s.profile.name for s in geom.slots)
+        free.subtract(Counter(i.profile for i in gpu.instances))
+        slots = {s.profile.name: s for s in geom.slots}
+        cands = sorted(
+            (p for p, c in free.items() for _ in range(c) if slots[p].memory >= mem),
+            key=lambda p: (slots[p].memory, slots[p].profile.slices),
+        )
+        if len(cands) >= n:
+            return geom.index, sorted(cands[:n])
+    return None

@@ -76,7 +76,7 @@ class NvidiaSection(msgspec.Struct, rename="camel", forbid_unknown_fields=False)
     resource_core_name: str = names.DEFAULT_RESOURCE_CORES
     default_memory: int = 0
     default_cores: int = 0
-    default_gpu_num: int = 1
+    default_gpu_num: int = msgspec.field(default=1, name="defaultGPUNum")
     device_split_count: int = 10
     device_memory_scaling: float = 1.0
     device_core_scaling: float = 1.0

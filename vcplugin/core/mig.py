@@ -83,10 +83,39 @@ def _fitting(gpu: GpuState, geom: Geometry, mem: int) -> list[tuple[GeometrySlot
     free = free_slots(gpu, geom)
     if not free:
         return []
-    # Best fit: the smallest instance that holds the request, then fewest compute slices, lowest start.
+    # Best fit: the smallest instance that holds the request, then fewest compute slices; among equal
+    # instances the placement that keeps the most geometries reachable (a 3g at 4 leaves room for
+    # 1g and 2g instances, a 3g at 0 strands a compute slice), then the lowest start.
     fit = [(s, start) for s, start in free if s.memory >= mem]
-    fit.sort(key=lambda t: (t[0].memory, t[0].profile.slices, t[1]))
+    if len(fit) > 1:
+        fit.sort(key=lambda t: (t[0].memory, t[0].profile.slices, -_reachable(gpu, t[0].profile.name, t[1]), t[1]))
     return fit
+
+
+def _reachable(gpu: GpuState, profile: str, start: int) -> int:
+    """How many of the GPU's geometries could still hold its instances plus this one."""
+    fixed = tuple(sorted([*((i.profile, i.start) for i in gpu.instances), (profile, start)]))
+    key = (tuple(g.serial for g in gpu.geometries), fixed)
+    hit = _REACH_CACHE.get(key)
+    if hit is not None:
+        return hit
+    model = gpu.mig_model
+    assert model is not None
+    count = 0
+    for geom in gpu.geometries:
+        in_use = Counter(p for p, _ in fixed)
+        wanted = Counter(s.profile.name for s in geom.slots)
+        if any(n > wanted[p] for p, n in in_use.items()):
+            continue
+        if place(model, fixed, list((wanted - in_use).elements())) is not None:
+            count += 1
+    if len(_REACH_CACHE) > 100_000:
+        _REACH_CACHE.clear()
+    _REACH_CACHE[key] = count
+    return count
+
+
+_REACH_CACHE: dict[tuple[tuple[int, ...], tuple[tuple[str, int], ...]], int] = {}
 
 
 class MigSharing:

@@ -64,7 +64,8 @@ class MigModel(msgspec.Struct, frozen=True):
         return next((p for p in self.profiles if p.profile_id == profile_id), None)
 
     def cores_percent(self, profile: MigProfile) -> int:
-        return round(100 * profile.slices / self.compute_slices)
+        """SM share in percent, rounded down so the instances of a full GPU never add up past 100."""
+        return 100 * profile.slices // self.compute_slices
 
 
 @cache

@@ -101,7 +101,9 @@ def _container_request(ctr: Mapping[str, Any], init: bool, cfg: DeviceConfig) ->
     if raw_count is None and raw_mem is None and raw_pct is None and raw_cores is None:
         return None
     count = _int_field(cname, cfg.resource_count, raw_count, 0, None) if raw_count is not None else cfg.default_gpu_num
-    if isinstance(raw_mem, str) and raw_mem.strip()[-2:] in ("Ki", "Mi", "Gi", "Ti"):
+    if isinstance(raw_mem, str) and raw_mem.strip().endswith(
+        ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "M", "G", "T", "P", "E")
+    ):
         raise RequestError(
             f"container {cname!r}: {cfg.resource_memory} is a number of MiB; write e.g. 16384, not {raw_mem!r}"
         )

@@ -158,6 +158,7 @@ def run_scenario(scenario: Scenario, cfg: DeviceConfig) -> SimulationResult:
 
 def as_json(result: SimulationResult) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(result)
+    data.pop("departed", None)
     for g in data["gpus"]:
         g.pop("total_memory", None)
     return data
