@@ -85,7 +85,7 @@ def build_app(
         return _json(wire.encoder.encode(ext.predicate(body)))
 
     async def prioritize(request: web.Request) -> web.Response:
-        body = wire.prioritize_decoder.decode(await request.read())
+        body = wire.decode_prioritize(await request.read())
         return _json(wire.encoder.encode(ext.prioritize(body)))
 
     async def allocate(request: web.Request) -> web.Response:

@@ -83,5 +83,46 @@ class Empty(msgspec.Struct):
 
 predicate_decoder = msgspec.json.Decoder(PredicateRequest)
 prioritize_decoder = msgspec.json.Decoder(PrioritizeRequest)
+_task_only = msgspec.json.Decoder(PrioritizeRequest)
+
+_NODES_KEY = b',"nodes":['
+_NODE_START = b'{"Name":"'
+_NODE_AFTER_NAME = b'","Node":'
+
+
+def decode_prioritize(body: bytes) -> PrioritizeRequest:
+    """Prioritize carries every candidate node with all its pods (hundreds of KiB); only the task and
+    the node names matter. Go's encoding/json writes struct fields in declaration order, so the body
+    is `{"task":{...},"nodes":[{"Name":"n1","Node":...},...]}`: decode the task alone and find each
+    `{"Name":"..","Node":` with memchr-speed searches. Anything unexpected falls back to a full
+    decode, which is the reference behaviour."""
+    cut = body.find(_NODES_KEY)
+    if body.startswith(b'{"task":') and cut > 0:
+        try:
+            head = _task_only.decode(body[:cut] + b"}")
+        except msgspec.DecodeError:
+            head = None
+        if head is not None:
+            names: list[NodeName] = []
+            pos = cut + len(_NODES_KEY)
+            ok = True
+            while True:
+                i = body.find(_NODE_START, pos)
+                if i < 0:
+                    break
+                j = body.find(b'"', i + len(_NODE_START))
+                if j < 0 or not body.startswith(_NODE_AFTER_NAME, j):
+                    ok = False
+                    break
+                raw = body[i + len(_NODE_START) : j]
+                if b"\\" in raw:
+                    ok = False
+                    break
+                names.append(NodeName(raw.decode()))
+                pos = j
+            if ok and (names or body[cut + len(_NODES_KEY) :].lstrip().startswith(b"]")):
+                head.nodes = names
+                return head
+    return prioritize_decoder.decode(body)
 event_decoder = msgspec.json.Decoder(EventHandlerRequest)
 encoder = msgspec.json.Encoder()
