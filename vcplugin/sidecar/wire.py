@@ -97,7 +97,7 @@ def decode_prioritize(body: bytes) -> PrioritizeRequest:
     `{"Name":"..","Node":` with memchr-speed searches. Anything unexpected falls back to a full
     decode, which is the reference behaviour."""
     cut = body.find(_NODES_KEY)
-    if body.startswith(b'{"task":') and cut > 0:
+    if body.startswith(b'{"task":') and cut > 0 and body.rstrip().endswith(b"]}"):
         try:
             head = _task_only.decode(body[:cut] + b"}")
         except msgspec.DecodeError:
