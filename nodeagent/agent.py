@@ -35,6 +35,7 @@ from .deviceplugin.server import DevicePluginServer, PluginManager
 from .deviceplugin.types import AllocateError, ContainerAllocation
 from .hamicore_env import HamiCorePaths, hami_core_allocation, is_mig, mig_allocation
 from .journal import Journal
+from .metrics import AgentMetrics
 from .migmanager import MigGpu, MigManager, PassResult
 from .nvml import Nvml, NvmlGpu
 
@@ -59,6 +60,7 @@ class AgentOptions:
     memory_unit_mib: int = 1
     adopt_foreign: bool = False
     device_plugins: bool = True
+    metrics_listen: str | None = None  # HOST:PORT for /metrics and /healthz
 
 
 class AgentGpu(msgspec.Struct):
@@ -93,6 +95,8 @@ class NodeAgent:
         self.published: tuple[str, str] | None = None
         self.published_at = 0.0
         self.driver = ""
+        self.metrics = AgentMetrics()
+        self.runner: Any = None
         if opts.signing_key is None:
             log.warning(
                 "NO SIGNING KEY: assignments are not verified; any pod annotation will be honoured. "
@@ -130,6 +134,16 @@ class NodeAgent:
             gpus.append(g)
         self.gpus = gpus
         self.mig.set_gpus([g.mig for g in gpus if g.mig is not None])
+        self._export_gpu_metrics()
+
+    def _export_gpu_metrics(self) -> None:
+        self.metrics.unusable_geometry.clear()
+        for g in self.gpus:
+            lv = [g.info.uuid, str(g.info.index), g.info.name]
+            self.metrics.healthy.labels(*lv).set(1 if g.healthy else 0)
+            self.metrics.mig_pending.labels(*lv).set(1 if g.info.mig_pending else 0)
+            for idx in g.unusable:
+                self.metrics.unusable_geometry.labels(*lv, str(idx)).set(1)
 
     async def _configure_mig(self, g: AgentGpu) -> None:
         info = g.info
@@ -255,6 +269,8 @@ class NodeAgent:
         held, refused = self.holders()
         result = await self.mig.reconcile(wants_of(held))
         self.last = result
+        self.metrics.instances_created.inc(len(result.created))
+        self.metrics.instances_destroyed.inc(len(result.destroyed))
         for h in held:
             await self._annotate_mig(h, result)
         for r in refused:
@@ -286,6 +302,7 @@ class NodeAgent:
         if pod.metadata.uid in self.refused_marked:
             return
         self.refused_marked.add(pod.metadata.uid)
+        self.metrics.refused.inc()
         log.error("refusing pod %s: %s", pod.key, reason)
         if pod.metadata.annotations.get(names.ANNO_BIND_PHASE) != names.BIND_PHASE_SUCCESS:
             await self._patch_pod(pod, {names.ANNO_BIND_PHASE: names.BIND_PHASE_FAILED, "vgpu-pool.io/failure": reason})
@@ -344,8 +361,17 @@ class NodeAgent:
     # --- kubelet Allocate ---------------------------------------------------------------------------
 
     async def allocate(self, requests: list[list[str]]) -> list[ContainerAllocation]:
-        async with self.alloc_lock:  # two admissions never take the same assignment
-            return [await self._admit(len(ids)) for ids in requests]
+        start = time.perf_counter()
+        try:
+            async with self.alloc_lock:  # two admissions never take the same assignment
+                out = [await self._admit(len(ids)) for ids in requests]
+        except AllocateError:
+            self.metrics.allocations.labels("failed").inc()
+            raise
+        finally:
+            self.metrics.allocate_seconds.observe(time.perf_counter() - start)
+        self.metrics.allocations.labels("ok").inc(len(out))
+        return out
 
     async def _admit(self, count: int) -> ContainerAllocation:
         deadline = self.clock() + self.opts.allocate_wait
@@ -472,6 +498,7 @@ class NodeAgent:
             try:
                 await self.reconcile_once()
             except Exception:
+                self.metrics.reconcile_errors.inc()
                 log.exception("reconcile pass failed; retrying")
                 await asyncio.sleep(1.0)
 
@@ -480,6 +507,7 @@ class NodeAgent:
             await asyncio.sleep(self.opts.health_interval)
             changed = await self.check_health()
             if changed:
+                self._export_gpu_metrics()
                 await self.publish(force=True)
                 await self.plugins.notify()
 
@@ -528,6 +556,28 @@ class NodeAgent:
             await self.plugins.start()
         self.tasks.append(asyncio.ensure_future(self._reconcile_loop()))
         self.tasks.append(asyncio.ensure_future(self._health_loop()))
+        if self.opts.metrics_listen:
+            await self._serve_metrics(self.opts.metrics_listen)
+
+    async def _serve_metrics(self, listen: str) -> None:
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        host, _, port = listen.rpartition(":")
+        await web.TCPSite(self.runner, host or "0.0.0.0", int(port)).start()
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -535,6 +585,8 @@ class NodeAgent:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.opts.device_plugins:
             await self.plugins.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()
         self.nvml.close()
 
 

@@ -44,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         grace=args.grace,
         adopt_foreign=args.adopt_foreign,
         advertise_memory_cores=not args.no_memory_cores,
+        metrics_listen=args.metrics_listen or None,
     )
 
     async def main() -> None:
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-memory-cores", action="store_true", help="do not advertise the GPU memory and cores resources to kubelet"
     )
+    run.add_argument("--metrics-listen", default=":9401", help="HOST:PORT for /metrics and /healthz ('' to disable)")
     run.add_argument("--log-level", default="info")
     run.add_argument("--log-format", choices=("json", "text"), default="json")
     run.set_defaults(func=cmd_run)
