@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -95,6 +96,10 @@ async def serve(kind: str, n_nodes: int, port: int) -> None:
     from aiohttp import web
 
     base = rss_mib()
+    if os.environ.get("BENCH_FULL_DECODE"):
+        from vcplugin.sidecar import wire
+
+        wire.decode_prioritize = wire.prioritize_decoder.decode  # type: ignore[assignment]
     if kind == "bare":
         app = web.Application(client_max_size=1 << 30)
 

@@ -12,27 +12,50 @@ if TYPE_CHECKING:
     from .types import GpuState
 
 
-def utilisation(node: NodeState, cfg: DeviceConfig) -> float:
+def weighted_utilisation(
+    cfg: DeviceConfig,
+    gpu_used: float,
+    gpu_total: float,
+    cpu_used: float,
+    cpu_total: float,
+    mem_used: float,
+    mem_total: float,
+) -> float:
     """Weighted mean of GPU-memory, CPU and host-memory use, 0..1. Parts with no capacity drop out."""
     total = weight = 0.0
-    gpu_total = sum(g.total_memory for g in node.gpus)
     if gpu_total and cfg.weight_gpu_memory:
-        total += cfg.weight_gpu_memory * sum(g.used_memory for g in node.gpus) / gpu_total
+        total += cfg.weight_gpu_memory * min(1.0, gpu_used / gpu_total)
         weight += cfg.weight_gpu_memory
-    if node.cpu_capacity and cfg.weight_cpu:
-        total += cfg.weight_cpu * min(1.0, node.cpu_used / node.cpu_capacity)
+    if cpu_total and cfg.weight_cpu:
+        total += cfg.weight_cpu * min(1.0, cpu_used / cpu_total)
         weight += cfg.weight_cpu
-    if node.memory_capacity and cfg.weight_memory:
-        total += cfg.weight_memory * min(1.0, node.memory_used / node.memory_capacity)
+    if mem_total and cfg.weight_memory:
+        total += cfg.weight_memory * min(1.0, mem_used / mem_total)
         weight += cfg.weight_memory
     return total / weight if weight else 0.0
 
 
+def utilisation(node: NodeState, cfg: DeviceConfig) -> float:
+    return weighted_utilisation(
+        cfg,
+        sum(g.used_memory for g in node.gpus),
+        sum(g.total_memory for g in node.gpus),
+        node.cpu_used,
+        node.cpu_capacity,
+        node.memory_used,
+        node.memory_capacity,
+    )
+
+
+def policy_score(utilisation: float, policy: str) -> float:
+    """0..100, higher is better: binpack prefers busy nodes, spread idle ones."""
+    s = utilisation if policy == names.POLICY_BINPACK else 1.0 - utilisation
+    return round(100.0 * s, 4)
+
+
 def node_score(node: NodeState, cfg: DeviceConfig, policy: str | None = None) -> float:
     """0..100; higher is better. binpack prefers busy nodes, spread idle ones."""
-    u = utilisation(node, cfg)
-    s = u if (policy or cfg.node_policy) == names.POLICY_BINPACK else 1.0 - u
-    return round(100.0 * s, 4)
+    return policy_score(utilisation(node, cfg), policy or cfg.node_policy)
 
 
 def order_gpus(gpus: list[GpuState], policy: str) -> list[GpuState]:

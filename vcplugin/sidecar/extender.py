@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +40,7 @@ class Extender:
         self.signing_key = signing_key
         self.patch_timeout = patch_timeout
         self._requests: OrderedDict[tuple[str, str], PodRequest | str] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -110,19 +114,45 @@ class Extender:
             return self._failed("allocate", f"pod {req.key}: allocate without a node name")
         return await self.assign(req, node_name, "allocate")
 
+    def _settled(self, uid: str, node_name: str) -> bool:
+        """The pod already holds devices on this node that the node gave out or that are bound there:
+        an allocate for it (Volcano un-evicting a running pod) changes nothing."""
+        entry = self.state.pods.get(uid)
+        if entry is None or entry.holding is None or entry.holding.node != node_name:
+            return False
+        anns = entry.pod.metadata.annotations
+        return anns.get(names.ANNO_BIND_PHASE) == names.BIND_PHASE_SUCCESS or entry.pod.spec.node_name == node_name
+
+    def _patch_done(self, uid: str, task: asyncio.Future[bytes]) -> None:
+        if self._inflight.get(uid) is task:
+            del self._inflight[uid]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("assignment PATCH for pod uid %s failed: %s", uid, task.exception())
+
     async def assign(self, req: PodRequest, node_name: str, verb: str) -> wire.EventHandlerResponse:
         """Give the pod devices on the node and PATCH the assignment onto it before answering."""
+        if self._settled(req.uid, node_name):
+            return wire.EventHandlerResponse()
         result = self.state.allocate(req, node_name)
         if isinstance(result, Rejection):
             return self._failed(verb, result.reason)
         annotations = assignment_annotations(req.uid, result, self.state.geometries_of, self.clock(), self.signing_key)
         if self.kube is not None:
+            # The PATCH must finish inside Volcano's timeout. On our own deadline the reply says so
+            # (Volcano rolls back), but the request is not abandoned: a late PATCH could land after the
+            # rollback's removal, so deallocate waits for it first.
+            patch = asyncio.ensure_future(
+                self.kube.patch(pod_path(req.namespace, req.name), assignment_patch(annotations, result.node))
+            )
+            self._inflight[req.uid] = patch
+            patch.add_done_callback(functools.partial(self._patch_done, req.uid))
             try:
-                await self.kube.patch(pod_path(req.namespace, req.name), assignment_patch(annotations, result.node))
+                await asyncio.wait_for(asyncio.shield(patch), self.patch_timeout)
             except (KubeError, OSError, TimeoutError) as exc:
                 self.state.deallocate(req.uid)
                 self.metrics.patch_failures.labels(verb).inc()
-                return self._failed(verb, f"pod {req.key}: could not record the assignment: {exc}")
+                why = "the API server did not answer in time" if isinstance(exc, TimeoutError) else str(exc)
+                return self._failed(verb, f"pod {req.key}: could not record the assignment: {why}")
         self.metrics.decisions.labels(verb, "assigned", "").inc()
         log.info("assigned", extra={"fields": _decision(req, result)})
         return wire.EventHandlerResponse()
@@ -137,13 +167,18 @@ class Extender:
         if task is None:
             raise ValueError("deallocate needs `task`")
         uid = task.uid or (task.pod.metadata.uid if task.pod else "")
-        released = self.state.deallocate(uid)
+        inflight = self._inflight.get(uid)
+        if inflight is not None:
+            with contextlib.suppress(Exception):
+                await inflight  # never let an allocate's PATCH land after this removal
         entry = self.state.pods.get(uid)
         cached = entry.pod.metadata.annotations if entry is not None else {}
-        if released is None and names.ANNO_VGPU_NODE not in cached:
+        if cached.get(names.ANNO_BIND_PHASE) == names.BIND_PHASE_SUCCESS or (entry and entry.pod.spec.node_name):
+            # An eviction of a running pod: it keeps its devices until it really terminates.
             return wire.EventHandlerResponse()
-        if cached.get(names.ANNO_BIND_PHASE) == names.BIND_PHASE_SUCCESS:
-            return wire.EventHandlerResponse()  # the node already gave the devices out
+        released = self.state.deallocate(uid)
+        if released is None and names.ANNO_VGPU_NODE not in cached and inflight is None:
+            return wire.EventHandlerResponse()
         namespace = task.namespace or (task.pod.metadata.namespace if task.pod else "")
         name = task.name or (task.pod.metadata.name if task.pod else "")
         if self.kube is not None and namespace and name:

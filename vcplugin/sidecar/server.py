@@ -130,8 +130,16 @@ def build_app(
     async def readyz(request: web.Request) -> web.Response:
         return web.Response(text="ok") if ready() else web.Response(text="cache not synced", status=503)
 
+    verb_paths = {"/" + p.strip("/") for p in paths.values()}
+
     async def unknown(request: web.Request) -> web.Response:
-        known = ", ".join(sorted("/" + p for p in paths.values()))
+        if request.path in verb_paths:
+            return web.json_response(
+                {"error": f"{request.method} {request.path}: extender verbs take POST"},
+                status=405,
+                headers={"Allow": "POST"},
+            )
+        known = ", ".join(sorted(verb_paths))
         return _error(404, f"unknown path {request.path!r}; extender verbs: {known}")
 
     app.router.add_get("/metrics", metrics_handler)

@@ -124,5 +124,7 @@ def decode_prioritize(body: bytes) -> PrioritizeRequest:
                 head.nodes = names
                 return head
     return prioritize_decoder.decode(body)
+
+
 event_decoder = msgspec.json.Decoder(EventHandlerRequest)
 encoder = msgspec.json.Encoder()
