@@ -38,8 +38,12 @@ from .journal import Journal
 from .metrics import AgentMetrics
 from .migmanager import MigGpu, MigManager, PassResult
 from .nvml import Nvml, NvmlGpu
+from .podresources import PodResourcesVerifier
 
 log = logging.getLogger("nodeagent")
+
+# kubelet reads ListAndWatch with gRPC's default 4 MiB limit; a device costs about 16 bytes there.
+MAX_LISTED_DEVICES = 200_000
 
 
 @dataclass
@@ -58,6 +62,7 @@ class AgentOptions:
     allocate_wait: float = 30.0  # how long Allocate waits for the pod / its MIG instances
     advertise_memory_cores: bool = True
     memory_unit_mib: int = 1
+    pod_resources_socket: str | None = "/var/lib/kubelet/pod-resources/kubelet.sock"
     adopt_foreign: bool = False
     device_plugins: bool = True
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /healthz
@@ -97,6 +102,9 @@ class NodeAgent:
         self.driver = ""
         self.metrics = AgentMetrics()
         self.runner: Any = None
+        self.verifier: PodResourcesVerifier | None = None
+        if opts.pod_resources_socket:
+            self.verifier = PodResourcesVerifier(opts.pod_resources_socket, on_mismatch=self._mismatch)
         if opts.signing_key is None:
             log.warning(
                 "NO SIGNING KEY: assignments are not verified; any pod annotation will be honoured. "
@@ -364,7 +372,7 @@ class NodeAgent:
         start = time.perf_counter()
         try:
             async with self.alloc_lock:  # two admissions never take the same assignment
-                out = [await self._admit(len(ids)) for ids in requests]
+                out = [await self._admit(ids) for ids in requests]
         except AllocateError:
             self.metrics.allocations.labels("failed").inc()
             raise
@@ -373,7 +381,8 @@ class NodeAgent:
         self.metrics.allocations.labels("ok").inc(len(out))
         return out
 
-    async def _admit(self, count: int) -> ContainerAllocation:
+    async def _admit(self, ids: list[str]) -> ContainerAllocation:
+        count = len(ids)
         deadline = self.clock() + self.opts.allocate_wait
         while True:
             held, _ = self.holders()
@@ -386,7 +395,12 @@ class NodeAgent:
                     continue
                 grant = next_container(h, self.consumed.get(uid, 0))
                 if grant is not None and len(grant.devices) == count:
-                    return await self._give(h, grant, deadline)
+                    alloc = await self._give(h, grant, deadline)
+                    if self.verifier is not None:
+                        self.verifier.expect(
+                            h.pod.metadata.namespace, h.pod.metadata.name, grant.name, self.cfg.resource_count, ids
+                        )
+                    return alloc
             if self.clock() >= deadline:
                 raise AllocateError(
                     f"no pod bound to {self.opts.node_name} has an unconsumed vgpu-pool assignment of {count} vGPUs"
@@ -445,6 +459,11 @@ class NodeAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), timeout)
 
+    def _mismatch(self, expectation: Any, detail: str) -> None:
+        """kubelet admitted another pod with the devices than the one whose assignment was handed out."""
+        self.metrics.podresources_mismatch.inc()
+        log.error("ADMISSION MISMATCH: %s", detail)
+
     # --- device plugin ------------------------------------------------------------------------------
 
     def _count_devices(self) -> list[tuple[str, bool, int | None]]:
@@ -452,7 +471,7 @@ class NodeAgent:
 
     def _memory_devices(self) -> list[tuple[str, bool, int | None]]:
         total = sum(g.memory for g in self.gpus if g.healthy) // max(1, self.opts.memory_unit_mib)
-        return [(f"mem-{i}", True, None) for i in range(total)]
+        return [(f"m{i}", True, None) for i in range(total)]
 
     def _core_devices(self) -> list[tuple[str, bool, int | None]]:
         return [(f"{g.info.uuid}::core-{k}", g.healthy, None) for g in self.gpus for k in range(100)]
@@ -467,7 +486,17 @@ class NodeAgent:
             DevicePluginServer(self.cfg.resource_count, d, "vgpu-pool-gpu.sock", self._count_devices, self.allocate)
         )
         if self.opts.advertise_memory_cores:
-            if self.cfg.resource_memory:
+            units = sum(g.memory for g in self.gpus) // max(1, self.opts.memory_unit_mib)
+            if self.cfg.resource_memory and units > MAX_LISTED_DEVICES:
+                log.warning(
+                    "not advertising %s: %d devices of %d MiB would exceed kubelet's 4 MiB gRPC message; "
+                    "set --memory-unit-mib (and the pods' %s in those units) to advertise it",
+                    self.cfg.resource_memory,
+                    units,
+                    self.opts.memory_unit_mib,
+                    self.cfg.resource_memory,
+                )
+            elif self.cfg.resource_memory:
                 self.plugins.add(
                     DevicePluginServer(
                         self.cfg.resource_memory,
@@ -558,6 +587,8 @@ class NodeAgent:
         self.tasks.append(asyncio.ensure_future(self._health_loop()))
         if self.opts.metrics_listen:
             await self._serve_metrics(self.opts.metrics_listen)
+        if self.verifier is not None:
+            self.tasks.append(asyncio.ensure_future(self.verifier.run()))
 
     async def _serve_metrics(self, listen: str) -> None:
         from aiohttp import web

@@ -45,6 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         adopt_foreign=args.adopt_foreign,
         advertise_memory_cores=not args.no_memory_cores,
         metrics_listen=args.metrics_listen or None,
+        memory_unit_mib=args.memory_unit_mib,
+        pod_resources_socket=args.pod_resources_socket or None,
     )
 
     async def main() -> None:
@@ -96,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--no-memory-cores", action="store_true", help="do not advertise the GPU memory and cores resources to kubelet"
+    )
+    run.add_argument(
+        "--memory-unit-mib",
+        type=int,
+        default=1,
+        help="MiB per advertised device of the GPU memory resource (kubelet caps the device list)",
+    )
+    run.add_argument(
+        "--pod-resources-socket",
+        default="/var/lib/kubelet/pod-resources/kubelet.sock",
+        help="kubelet's pod-resources API, used to confirm admissions ('' to disable)",
     )
     run.add_argument("--metrics-listen", default=":9401", help="HOST:PORT for /metrics and /healthz ('' to disable)")
     run.add_argument("--log-level", default="info")
