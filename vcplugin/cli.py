@@ -13,7 +13,66 @@ def _config(path: str | None) -> DeviceConfig:
     return load_config_file(path) if path else default_config()
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from .simulate import trace
+    from .simulate.chart import load_published, render
+
+    if not (args.nodes_csv and args.pods_csv):
+        print("error: --trace needs --nodes-csv FILE and --pods-csv FILE", file=sys.stderr)
+        return 2
+    try:
+        cfg = _config(args.config)
+        pods = trace.load_pods(args.pods_csv)
+        nodes = trace.load_nodes(args.nodes_csv)
+        trace.make_policy(args.policy, cfg, trace.typical_workload(pods))  # validates the name
+    except (ConfigError, trace.TraceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def progress(k: int, n: int) -> None:
+        if not args.json and sys.stderr.isatty():
+            print(f"\r  {k}/{n} pods", end="", file=sys.stderr, flush=True)
+
+    if args.replay_times:
+        out = trace.replay_timed(nodes, pods, cfg, args.policy)
+        print(json.dumps(out) if args.json else json.dumps({k: v for k, v in out.items() if k != "series"}))
+        return 0
+    result = trace.replay_inflated(nodes, pods, cfg, args.policy, args.inflate, args.seed, progress=progress)
+    if args.chart:
+        from pathlib import Path
+
+        published = {}
+        if args.expected:
+            published = load_published(args.expected, Path(args.pods_csv).stem)
+        Path(args.chart).write_text(
+            render(f"{Path(args.pods_csv).name}, seed {args.seed}", {args.policy: result.curve}, published)
+        )
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(result)))
+    else:
+        print(
+            f"\rpolicy {result.policy}, seed {result.seed}: {result.placed}/{result.pods} pods placed on "
+            f"{result.capacity_gpus:.0f} GPUs"
+        )
+        print(
+            "GPU allocated (% of capacity) when the arrived GPU request reached 90 / 100 / 130 %: "
+            + " / ".join(f"{result.allocation_ratio[k]:.2f}" for k in ("90", "100", "130"))
+        )
+        print(
+            f"unallocated GPUs at the end: {result.unallocated_gpus}; fragmentation (% of capacity) at "
+            + ", ".join(f"{k}%: {v}" for k, v in result.fragmentation.items())
+        )
+        print(f"{result.pods_per_second:.0f} pods/s; seconds: {result.seconds}")
+        if args.chart:
+            print(f"chart: {args.chart}")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.trace or args.nodes_csv or args.pods_csv:
+        return cmd_trace(args)
     from .simulate.engine import as_json, run_scenario
     from .simulate.scenario import ScenarioError, demo_scenario, load_scenario_file
     from .simulate.table import render
@@ -93,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--scenario", help="scenario YAML (nodes and pods); default: the built-in demo")
     sim.add_argument("--config", help="device config YAML (default: the shipped one)")
     sim.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    trace_opts = sim.add_argument_group("trace replay (Alibaba openb format)")
+    trace_opts.add_argument("--trace", action="store_true", help="replay a trace (implied by --nodes-csv)")
+    trace_opts.add_argument("--nodes-csv", help="node list CSV: sn,cpu_milli,memory_mib,gpu,model")
+    trace_opts.add_argument("--pods-csv", help="pod list CSV: name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...")
+    trace_opts.add_argument("--inflate", type=float, default=1.3, help="workload as a fraction of capacity (1.3)")
+    trace_opts.add_argument("--seed", type=int, default=42, help="shuffle and sampling seed (42)")
+    trace_opts.add_argument("--policy", default="frag-pack", help="binpack | spread | fgd | frag-pack (default, ours)")
+    trace_opts.add_argument(
+        "--replay-times",
+        action="store_true",
+        help="replay creation and deletion times instead of the inflated arrivals",
+    )
+    trace_opts.add_argument("--chart", help="write an HTML chart of the allocation curve here")
+    trace_opts.add_argument("--expected", help="summary_by_policy.csv of the published policies to overlay")
     sim.set_defaults(func=cmd_simulate)
 
     srv = sub.add_parser("serve", help="answer vc-scheduler's extender plugin (the sidecar)")

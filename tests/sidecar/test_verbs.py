@@ -103,8 +103,10 @@ async def test_prioritize_always_answers_a_score_map(start_cluster) -> None:
         assert isinstance(scores, dict) and set(scores) == {"n1", "n2", "ghost"}, answer
         assert all(isinstance(s, int | float) for s in scores.values())
         assert scores["ghost"] == 0
-    # binpack (the default node policy) prefers the busier node.
-    scores = (await v.prioritize(task_info(gpu), infos))["nodeScore"]
+    # binpack (asked for by the pod) prefers the busier node.
+    packed = c.create("pods", gpu_pod("packed", count=1, mem=1000,
+                                      annotations={"hami.io/node-scheduler-policy": "binpack"}))
+    scores = (await v.prioritize(task_info(packed), infos))["nodeScore"]
     assert scores["n2"] > scores["n1"], scores
     empty = await v.prioritize(task_info(gpu), [])
     assert empty == {"nodeScore": {}, "errorMessage": ""}

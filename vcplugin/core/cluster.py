@@ -6,6 +6,7 @@ import uuid as uuidlib
 
 from . import names
 from .config import DeviceConfig, NodeSettings
+from .fragmentation import WHOLE, Workload
 from .migtables import find_model
 from .node import NodeState
 from .request import PodRequest
@@ -60,17 +61,22 @@ def make_gpu(
 
 
 def best_node(
-    nodes: list[NodeState], req: PodRequest, cfg: DeviceConfig, *, check_host: bool = True
+    nodes: list[NodeState],
+    req: PodRequest,
+    cfg: DeviceConfig,
+    *,
+    check_host: bool = True,
+    workload: Workload | None = None,
 ) -> tuple[NodeState, Assignment, float] | dict[str, Rejection]:
     """The highest-scoring node that fits (first in list order on ties), or every node's rejection."""
     best: tuple[NodeState, Assignment, float] | None = None
     rejections: dict[str, Rejection] = {}
     for node in nodes:
-        result = node.fit(req, cfg, check_host=check_host)
+        result = node.fit(req, cfg, check_host=check_host, workload=workload)
         if isinstance(result, Rejection):
             rejections[node.name] = result
             continue
-        score = node_score(node, cfg, req.node_policy)
+        score = node_score(node, cfg, req.node_policy, assignment=result, workload=workload, cpu=req.cpu_milli)
         if best is None or score > best[2]:
             best = (node, result, score)
     if best is None:
@@ -86,3 +92,18 @@ def summarize_rejections(rejections: dict[str, Rejection], limit: int = 3) -> st
     shown = "; ".join(r.reason for r in items[:limit])
     more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
     return f"0/{len(items)} nodes fit: {shown}{more}"
+
+
+def workload_of(reqs: list[PodRequest], gpu_memory: int) -> Workload:
+    """Typical requests (FGD's "typical pods") of a known set of pods; absolute memory is read as a
+    share of a GPU of `gpu_memory` MiB."""
+    shapes = []
+    for r in reqs:
+        for c in r.containers:
+            if c.count > 1:
+                share = WHOLE
+            else:
+                by_mem = c.memory * WHOLE // gpu_memory if gpu_memory else 0
+                share = min(WHOLE, max(c.cores * 10, c.memory_percent * 10, by_mem) or WHOLE)
+            shapes.append((share, c.count, r.cpu_milli))
+    return Workload.from_shapes(shapes)

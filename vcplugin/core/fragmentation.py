@@ -10,8 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from .node import NodeState
+    from .types import Assignment, GpuState
 
 WHOLE = 1000
 
@@ -73,3 +78,93 @@ def _fragmentation(free: tuple[int, ...], cpu_mask: int, workload: Workload) -> 
         else:
             frag += m.weight * (sum(x for x in free if x < WHOLE) if whole >= m.gpus else total)
     return frag
+
+
+# --- frag-pack: fragmentation growth, CPU starvation and packing in one score ----------------------
+
+
+class FragPack(msgspec.Struct, frozen=True):
+    """Our fragmentation-aware policy. Score of a placement (higher is better), in milli-GPUs:
+
+    - the growth of FGD's expected fragmentation of the node;
+    - `beta` x the growth of the node's *starved* GPU capacity: free GPU share that the CPU left on the
+      node cannot feed at the workload's typical CPU per GPU (CPU-only and CPU-heavy pods strand GPUs
+      that FGD's fragmentation only sees once a threshold is crossed);
+    - `margin` x the fraction of the node's GPU capacity still free afterwards (pack nodes), the same
+      margin within which the fullest GPU of a node is preferred to the least fragmenting one."""
+
+    workload: Workload
+    margin: float = 400.0
+    beta: float = 2.0
+
+    @property
+    def cpu_per_share(self) -> float:
+        cpu = sum(m.weight * m.cpu_milli for m in self.workload.pods)
+        gpu = sum(m.weight * m.share * m.gpus for m in self.workload.pods)
+        return cpu / gpu if gpu else 0.0
+
+    def starved(self, gpu_free: int, cpu_free: int) -> float:
+        r = self.cpu_per_share
+        if r <= 0:
+            return 0.0
+        return max(0.0, r * gpu_free - cpu_free) / r
+
+    def score(self, free: Sequence[int], cpu_free: int, take: dict[int, int], cpu: int, gpu_cap: int) -> float:
+        """Score of taking `take` (GPU index -> milli) and `cpu` from a node with these free shares."""
+        after = list(free)
+        for i, t in take.items():
+            after[i] -= t
+        d = node_fragmentation(after, cpu_free - cpu, self.workload) - node_fragmentation(free, cpu_free, self.workload)
+        ds = self.starved(sum(after), cpu_free - cpu) - self.starved(sum(free), cpu_free)
+        packed = sum(after) / gpu_cap if gpu_cap else 0.0
+        return -d - self.beta * ds - self.margin * packed
+
+    def gpu_order(self, free: Sequence[int], cpu_free: int, share: int, candidates: Sequence[int]) -> list[int]:
+        """GPUs for one share: those whose fragmentation growth is within `margin` of the least, fullest
+        first; then the rest by growth."""
+        growth = {}
+        for i in candidates:
+            after = list(free)
+            after[i] -= share
+            growth[i] = node_fragmentation(after, cpu_free, self.workload)
+        if not growth:
+            return []
+        low = min(growth.values())
+        return sorted(
+            candidates,
+            key=lambda i: (growth[i] > low + self.margin, free[i] if growth[i] <= low + self.margin else growth[i], i),
+        )
+
+
+# --- the core's GPUs as shares ---------------------------------------------------------------------
+
+UNTRACKED_CPU = 1 << 40  # a node whose CPU the caller does not track never starves
+
+
+def gpu_free_share(g: GpuState) -> int:
+    """A GPU's free share in milli-GPUs: the scarcer of cores and memory, 0 when no share is left."""
+    if not g.healthy or g.shares >= g.split_count or g.exclusive or not g.total_memory or not g.total_cores:
+        return 0
+    cores = (g.total_cores - g.used_cores) * WHOLE // g.total_cores
+    memory = g.free_memory * WHOLE // g.total_memory
+    return max(0, min(cores, memory))
+
+
+def grant_share(g: GpuState, memory: int, cores: int) -> int:
+    """The share of a GPU a grant of this memory and cores takes, in milli-GPUs."""
+    by_memory = -(-memory * WHOLE // g.total_memory) if g.total_memory else WHOLE
+    by_cores = cores * WHOLE // g.total_cores if g.total_cores else 0
+    return min(WHOLE, max(by_memory, by_cores))
+
+
+def placement_score(node: NodeState, assignment: Assignment, scorer: FragPack, cpu: int) -> float:
+    """FragPack's score of an assignment on a node, on the node's state before it."""
+    index = {g.uuid: i for i, g in enumerate(node.gpus)}
+    free = [gpu_free_share(g) for g in node.gpus]
+    take: dict[int, int] = {}
+    for d in assignment.devices():
+        i = index.get(d.uuid)
+        if i is not None:
+            take[i] = take.get(i, 0) + grant_share(node.gpus[i], d.memory, d.cores)
+    cpu_free = node.cpu_capacity - node.cpu_used if node.cpu_capacity else UNTRACKED_CPU
+    return scorer.score(free, cpu_free, take, cpu if node.cpu_capacity else 0, WHOLE * len(node.gpus))

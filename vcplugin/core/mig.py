@@ -68,6 +68,14 @@ def _free_slots(
     return tuple((_slot_for(geom, p), start) for p, start in placed[len(fixed) :])
 
 
+def current_geometry(gpu: GpuState) -> int | None:
+    """The geometry a GPU is in: the first, in config order, that keeps all its instances in use where
+    they are (so it depends only on the instances, not on the order they were added)."""
+    if not gpu.instances or gpu.mig_model is None:
+        return None
+    return next((g.index for g in gpu.geometries if free_slots(gpu, g) is not None), None)
+
+
 def layout(gpu: GpuState) -> list[tuple[str, int, int, MigInstance | None]]:
     """The GPU's whole current layout: (profile, start, size, instance or None when free)."""
     out: list[tuple[str, int, int, MigInstance | None]] = [(i.profile, i.start, i.size, i) for i in gpu.instances]
@@ -181,8 +189,7 @@ class MigSharing:
         gpu.used_memory += grant.memory
         gpu.used_cores += grant.cores
         gpu.shares += 1
-        if grant.geometry is not None:
-            gpu.geometry = grant.geometry
+        gpu.geometry = current_geometry(gpu)
 
     def remove(self, gpu: GpuState, grant: DeviceGrant, pod_uid: str) -> None:
         assert grant.placement is not None
@@ -194,8 +201,7 @@ class MigSharing:
                 gpu.used_cores -= grant.cores
                 gpu.shares -= 1
                 break
-        if not gpu.instances:
-            gpu.geometry = None  # an empty GPU is free to take any geometry again
+        gpu.geometry = current_geometry(gpu)  # None when empty: free to take any geometry again
 
     def never_fits(self, gpus: list[GpuState], req: ContainerRequest) -> str | None:
         usable = [g for g in gpus if g.geometries]

@@ -26,7 +26,8 @@ ANNO_GPU_POLICY: Final = "hami.io/gpu-scheduler-policy"
 # Scheduling policies.
 POLICY_BINPACK: Final = "binpack"
 POLICY_SPREAD: Final = "spread"
-POLICIES: Final = (POLICY_BINPACK, POLICY_SPREAD)
+POLICY_FRAG_PACK: Final = "frag-pack"  # fragmentation-aware (vcplugin/core/fragmentation.py)
+POLICIES: Final = (POLICY_BINPACK, POLICY_SPREAD, POLICY_FRAG_PACK)
 
 # Node annotations (registration) and pod annotations (assignment), Volcano's vGPU format.
 ANNO_NODE_REGISTER: Final = "volcano.sh/node-vgpu-register"

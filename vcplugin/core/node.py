@@ -8,10 +8,11 @@ import msgspec
 
 from . import names
 from .config import DeviceConfig
-from .hamicore import HamiCoreSharing
+from .fragmentation import UNTRACKED_CPU, FragPack, Workload, gpu_free_share, grant_share
+from .hamicore import HamiCoreSharing, needed_memory
 from .mig import MigSharing
 from .migtables import layout_problem, normalize_model_name
-from .request import PodRequest
+from .request import ContainerRequest, PodRequest
 from .score import order_gpus
 from .sharing import Sharing
 from .types import Assignment, ContainerGrant, DeviceGrant, GpuState, Rejection
@@ -69,18 +70,39 @@ class NodeState:
 
     # --- fit --------------------------------------------------------------------------------------
 
-    def fit(self, req: PodRequest, cfg: DeviceConfig, *, check_host: bool = True) -> Assignment | Rejection:
-        """Where the pod would go on this node; the node is left unchanged."""
-        return self._place(req, cfg, check_host, commit=False)
+    def fit(
+        self, req: PodRequest, cfg: DeviceConfig, *, check_host: bool = True, workload: Workload | None = None
+    ) -> Assignment | Rejection:
+        """Where the pod would go on this node; the node is left unchanged. `workload` (the typical
+        requests) drives the frag-pack GPU choice."""
+        return self._place(req, cfg, check_host, False, workload)
 
-    def allocate(self, req: PodRequest, cfg: DeviceConfig, *, check_host: bool = True) -> Assignment | Rejection:
+    def allocate(
+        self, req: PodRequest, cfg: DeviceConfig, *, check_host: bool = True, workload: Workload | None = None
+    ) -> Assignment | Rejection:
         """Fit and record the pod on this node (idempotent by pod UID)."""
         existing = self.pods.get(req.uid)
         if existing is not None:
             return existing.assignment
-        return self._place(req, cfg, check_host, commit=True)
+        return self._place(req, cfg, check_host, True, workload)
 
-    def _place(self, req: PodRequest, cfg: DeviceConfig, check_host: bool, commit: bool) -> Assignment | Rejection:
+    def _order(
+        self, gpus: list[GpuState], policy: str, ctr: ContainerRequest, workload: Workload | None
+    ) -> list[GpuState]:
+        if policy != names.POLICY_FRAG_PACK or workload is None or not workload.pods or ctr.count != 1:
+            return order_gpus(gpus, policy)
+        if any(g.mode != names.MODE_HAMI_CORE for g in gpus):
+            return order_gpus(gpus, names.POLICY_BINPACK)
+        free = [gpu_free_share(g) for g in gpus]
+        share = max(grant_share(g, needed_memory(g, ctr), ctr.cores) for g in gpus)
+        cpu_free = self.cpu_capacity - self.cpu_used if self.cpu_capacity else UNTRACKED_CPU
+        order = FragPack(workload).gpu_order(free, cpu_free, share, [i for i, f in enumerate(free) if f >= share])
+        rest = [i for i in range(len(gpus)) if i not in order]
+        return [gpus[i] for i in (*order, *rest)]
+
+    def _place(
+        self, req: PodRequest, cfg: DeviceConfig, check_host: bool, commit: bool, workload: Workload | None = None
+    ) -> Assignment | Rejection:
         if check_host:
             rejected = self._host_check(req)
             if rejected is not None:
@@ -102,7 +124,7 @@ class NodeState:
                 gpus = self._candidates(req, mode)
                 if not gpus:
                     continue
-                result = SHARING[mode].allocate(order_gpus(gpus, policy), ctr, req.uid, req.key)
+                result = SHARING[mode].allocate(self._order(gpus, policy, ctr, workload), ctr, req.uid, req.key)
                 if isinstance(result, list):
                     got = result
                     break

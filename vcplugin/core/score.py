@@ -8,8 +8,9 @@ from . import names
 
 if TYPE_CHECKING:
     from .config import DeviceConfig
+    from .fragmentation import Workload
     from .node import NodeState
-    from .types import GpuState
+    from .types import Assignment, GpuState
 
 
 def weighted_utilisation(
@@ -53,13 +54,31 @@ def policy_score(utilisation: float, policy: str) -> float:
     return round(100.0 * s, 4)
 
 
-def node_score(node: NodeState, cfg: DeviceConfig, policy: str | None = None) -> float:
+def node_score(
+    node: NodeState,
+    cfg: DeviceConfig,
+    policy: str | None = None,
+    *,
+    assignment: Assignment | None = None,
+    workload: Workload | None = None,
+    cpu: int = 0,
+) -> float:
     """0..100; higher is better. binpack prefers busy nodes, spread idle ones."""
-    return policy_score(utilisation(node, cfg), policy or cfg.node_policy)
+    policy = policy or cfg.node_policy
+    if policy == names.POLICY_FRAG_PACK and assignment is not None and workload is not None and workload.pods:
+        from .fragmentation import FragPack, placement_score
+
+        # Raw FragPack scores are milli-GPUs around 0 (a whole GPU fragmented costs 1000); map to 0..100.
+        raw = placement_score(node, assignment, FragPack(workload), cpu)
+        return round(max(0.0, min(100.0, 50.0 + raw / 20.0)), 4)
+    if policy == names.POLICY_FRAG_PACK:
+        policy = names.POLICY_BINPACK  # no workload seen yet: pack
+    return policy_score(utilisation(node, cfg), policy)
 
 
 def order_gpus(gpus: list[GpuState], policy: str) -> list[GpuState]:
-    """binpack: the fullest GPU first; spread: the emptiest first; ties by index."""
-    if policy == names.POLICY_BINPACK:
+    """binpack (and frag-pack without a workload): the fullest GPU first; spread: the emptiest first;
+    ties by index."""
+    if policy != names.POLICY_SPREAD:
         return sorted(gpus, key=lambda g: (-g.used_memory / g.total_memory if g.total_memory else 0, g.index))
     return sorted(gpus, key=lambda g: (g.used_memory / g.total_memory if g.total_memory else 0, g.index))

@@ -10,6 +10,7 @@ MIG instances that really exist where they were assigned, no GPU promised twice,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
@@ -78,7 +79,8 @@ class PodRecord:
     admission: Admission | None = None
     verified: bool | None = None  # Allocate's answer matched the assignment (and the simulated NVML)
     verify_note: str = ""
-    reason: str = ""  # why it is not placed (the last session's verdict)
+    reason: str = ""  # why it is not placed (the last session's verdict, as Volcano words it)
+    detail: str = ""  # the sidecar's own reason, from the first node that rejected it
     never: bool = False  # every node answered "never fits here" (Volcano's UnschedulableAndUnresolvable)
     attempts: int = 0
 
@@ -98,6 +100,14 @@ class Sample:
     created: int
     destroyed: int
     elapsed: float
+    gpus: int  # totals, the same at every step (they make each sample self-contained)
+    mig_total: int
+    hami_total: int
+
+    @property
+    def memory_percent(self) -> float:
+        total = self.mig_total + self.hami_total
+        return 100.0 * (self.mig_used + self.hami_used) / total if total else 0.0
 
 
 @dataclass
@@ -309,7 +319,9 @@ class Replay:
 
     async def session(self, t: int) -> None:
         current = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in self.api.list("pods")}
-        jobs = [Job(j.name, [current[k] for k in self.job_pods[j.name]], len(self.job_pods[j.name])) for j in self.waiting]
+        jobs = [
+            Job(j.name, [current[k] for k in self.job_pods[j.name]], len(self.job_pods[j.name])) for j in self.waiting
+        ]
         bound_pods = [p for p in current.values() if (p.get("spec") or {}).get("nodeName")]
         driver = self.c.volcano
         results = await driver.schedule(jobs, self.api.list("nodes"), existing_pods=bound_pods)
@@ -326,8 +338,13 @@ class Replay:
                     admit.append(rec)
                 else:
                     rec.reason = tr.reason or "bind failed"
+                    rec.detail = next(
+                        (a["status"] for a in tr.predicates.values() if isinstance(a, dict) and a.get("status")), ""
+                    )
                     codes = [a.get("code") for a in tr.predicates.values() if isinstance(a, dict)]
-                    rec.never = bool(codes) and len(codes) == len(tr.predicates) and all(c == UNRESOLVABLE for c in codes)
+                    rec.never = (
+                        bool(codes) and len(codes) == len(tr.predicates) and all(c == UNRESOLVABLE for c in codes)
+                    )
             if self._placed(res, bound):
                 self.waiting.remove(job)
                 self.ends[job.name] = t + job.duration
@@ -389,7 +406,11 @@ class Replay:
 
         def order(p: Obj) -> tuple[int, str, str]:
             anns = p["metadata"].get("annotations") or {}
-            return (int(anns.get(names.ANNO_BIND_TIME, "0") or 0), p["metadata"]["creationTimestamp"], p["metadata"]["uid"])
+            return (
+                int(anns.get(names.ANNO_BIND_TIME, "0") or 0),
+                p["metadata"]["creationTimestamp"],
+                p["metadata"]["uid"],
+            )
 
         async def node_admissions(pods: list[Obj]) -> None:
             for p in sorted(pods, key=order):
@@ -484,17 +505,18 @@ class Replay:
                     running += 1
             elif rec.departed_step is None:
                 pending += 1
-        busy = mig_used = hami_used = 0
+        busy = gpus = mig_used = hami_used = mig_total = hami_total = 0
         for state in self.c.sc.state.states.values():
             for g in state.gpus:
+                gpus += 1
                 busy += 1 if g.shares else 0
                 if g.mode == names.MODE_MIG:
                     mig_used += g.used_memory
+                    mig_total += g.total_memory
                 else:
                     hami_used += g.used_memory
-        instances = sum(
-            len(g["gpu_instances"]) for rt in self.c.nodes.values() for g in rt.sim.snapshot()["gpus"]
-        )
+                    hami_total += g.total_memory
+        instances = sum(len(g["gpu_instances"]) for rt in self.c.nodes.values() for g in rt.sim.snapshot()["gpus"])
         created, destroyed = self._instance_counts()
         return Sample(
             t,
@@ -510,6 +532,9 @@ class Replay:
             created,
             destroyed,
             time.perf_counter() - self.started,
+            gpus,
+            mig_total,
+            hami_total,
         )
 
     def _instance_counts(self) -> tuple[int, int]:
@@ -541,10 +566,8 @@ class Replay:
     async def settle(self, timeout: float = 10.0) -> None:
         """After the last step, let the agents destroy the instances of departed pods (grace period)."""
         want = self._wanted_instances()
-        try:
+        with contextlib.suppress(TimeoutError):  # what is left is reported by the "NVML matches" check
             await self.c.wait_for(lambda: self._actual_instances() == want, timeout, "the agents' MIG cleanup")
-        except TimeoutError:
-            pass  # reported by the "NVML matches" check
 
     # --- the result -------------------------------------------------------------------------------------
 
@@ -613,7 +636,9 @@ class Replay:
                     f.geometry_layout = _describe(g.geometries, g.geometry)
                     for profile, start, size, inst in mig_layout(g):
                         pod = inst.pod if inst else ""
-                        f.slots.append(Slot(profile, start, size, pod, mig_uuids.get((g.uuid, start), "") if pod else ""))
+                        f.slots.append(
+                            Slot(profile, start, size, pod, mig_uuids.get((g.uuid, start), "") if pod else "")
+                        )
                 else:
                     f.pods = sorted(holders.get(g.uuid, []), key=lambda s: s.pod)
                 out.append(f)

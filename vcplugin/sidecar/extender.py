@@ -59,6 +59,8 @@ class Extender:
         if cached is None:
             cached = parse_pod_request(pod, self.state.cfg)
             self._requests[key] = cached
+            if not isinstance(cached, str) and cached.wants_gpu:
+                self.state.observe(cached)
             if len(self._requests) > 4096:
                 self._requests.popitem(last=False)
         return cached
@@ -95,9 +97,20 @@ class Extender:
         req = self.request_of(body.task)
         scores: dict[str, float] = {}
         policy = req.node_policy if isinstance(req, PodRequest) else None
+        frag = (policy or self.state.cfg.node_policy) == names.POLICY_FRAG_PACK and isinstance(req, PodRequest)
         for n in body.nodes or []:
             state = self.state.states.get(n.name)
-            scores[n.name] = node_score(state, self.state.cfg, policy) if state is not None else 0.0
+            if state is None:
+                scores[n.name] = 0.0
+            elif frag and isinstance(req, PodRequest):
+                # frag-pack scores the placement itself: where on the node the pod would go.
+                fit = state.fit(req, self.state.cfg, check_host=False, workload=self.state.workload)
+                assignment = fit if isinstance(fit, Assignment) else None
+                scores[n.name] = node_score(
+                    state, self.state.cfg, policy, assignment=assignment, workload=self.state.workload
+                )
+            else:
+                scores[n.name] = node_score(state, self.state.cfg, policy)
         return wire.PrioritizeResponse(nodeScore=scores)
 
     async def allocate(self, body: wire.EventHandlerRequest) -> wire.EventHandlerResponse:

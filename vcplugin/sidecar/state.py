@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import deque
 from datetime import datetime
 
 import msgspec
 
 from ..core import names
-from ..core.cluster import make_gpu
+from ..core.cluster import make_gpu, workload_of
 from ..core.config import DeviceConfig
+from ..core.fragmentation import Workload
 from ..core.node import NodeState
 from ..core.request import PodRequest, RequestError, parse_pod
 from ..core.types import Assignment, DeviceGrant, GpuState, MigInstance, Rejection
@@ -57,6 +59,23 @@ class ClusterState:
         self.tentative: set[str] = set()  # pod UIDs allocated in this session, not yet bound
         self.geometries_of: dict[str, tuple] = {}  # GPU uuid -> its model's geometries (for device IDs)
         self.warnings: list[str] = []
+        self.recent: deque[PodRequest] = deque(maxlen=5000)  # recent GPU requests (frag-pack's workload)
+        self.workload: Workload | None = None
+        self._since_refresh = 0
+
+    # --- the workload frag-pack optimises for -------------------------------------------------------
+
+    def observe(self, req: PodRequest) -> None:
+        """Remember a GPU request; the typical workload is refreshed every 100 requests."""
+        self.recent.append(req)
+        self._since_refresh += 1
+        if self.workload is None or self._since_refresh >= 100:
+            self.workload = workload_of(list(self.recent), self._reference_memory())
+            self._since_refresh = 0
+
+    def _reference_memory(self) -> int:
+        mems = sorted(g.total_memory for st in self.states.values() for g in st.gpus)
+        return mems[len(mems) // 2] if mems else 0
 
     # --- config -----------------------------------------------------------------------------------
 
@@ -271,7 +290,7 @@ class ClusterState:
         state = self.node_for(node_name)
         if isinstance(state, Rejection):
             return state
-        result = state.allocate(req, self.cfg, check_host=False)
+        result = state.allocate(req, self.cfg, check_host=False, workload=self.workload)
         if isinstance(result, Assignment):
             self.tentative.add(req.uid)
             holding = Holding(node_name, result)

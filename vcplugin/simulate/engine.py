@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from ..core import names
-from ..core.cluster import best_node, make_gpu, stable_gpu_uuid, summarize_rejections
+from ..core.cluster import best_node, make_gpu, stable_gpu_uuid, summarize_rejections, workload_of
 from ..core.config import DeviceConfig
 from ..core.mig import layout
 from ..core.node import NodeState
@@ -125,6 +125,11 @@ def gpu_report(nodes: list[NodeState]) -> list[GpuOut]:
 
 def run_scenario(scenario: Scenario, cfg: DeviceConfig) -> SimulationResult:
     nodes = build_nodes(scenario, cfg)
+    gpu_mems = sorted(g.total_memory for n in nodes for g in n.gpus)
+    workload = workload_of(
+        [s.request for s in scenario.steps if s.request is not None and s.request.wants_gpu],
+        gpu_mems[len(gpu_mems) // 2] if gpu_mems else 0,
+    )
     placed: dict[str, tuple[NodeState, str]] = {}
     placements: list[PlacementOut] = []
     unschedulable: list[UnschedulableOut] = []
@@ -144,12 +149,12 @@ def run_scenario(scenario: Scenario, cfg: DeviceConfig) -> SimulationResult:
         if step.key in placed:
             unschedulable.append(UnschedulableOut(step.key, "a pod with this name is already placed"))
             continue
-        result = best_node(nodes, req, cfg)
+        result = best_node(nodes, req, cfg, workload=workload)
         if isinstance(result, dict):
             unschedulable.append(UnschedulableOut(step.key, summarize_rejections(result)))
             continue
         node, _, _ = result
-        assignment = node.allocate(req, cfg)
+        assignment = node.allocate(req, cfg, workload=workload)
         assert isinstance(assignment, Assignment)
         placed[step.key] = (node, req.uid)
         placements.append(_placement(step.key, assignment))

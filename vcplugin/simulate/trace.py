@@ -24,7 +24,7 @@ import msgspec
 
 from ..core import names
 from ..core.config import DeviceConfig
-from ..core.fragmentation import WHOLE, Workload, node_fragmentation
+from ..core.fragmentation import WHOLE, FragPack, Workload, node_fragmentation
 from ..core.score import policy_score, weighted_utilisation
 
 
@@ -236,29 +236,34 @@ class FragmentationPolicy(Policy):
         return -self.delta(node, pod, best), best
 
 
-class PackedFragmentationPolicy(FragmentationPolicy):
-    """Ours: FGD's fragmentation growth, made to prefer GPUs and nodes already in use when growth ties
-    (and within a small margin), so sharing pods fill partly used GPUs before opening idle ones."""
+class FragPackPolicy(Policy):
+    """Ours (`frag-pack`): the core's FragPack score, FGD's fragmentation growth plus CPU starvation
+    and packing (see vcplugin/core/fragmentation.py)."""
 
-    name = "frag-pack"
-    margin = 1.0  # milli-GPUs of fragmentation worth trading for packing
+    name = names.POLICY_FRAG_PACK
+
+    def __init__(self, cfg: DeviceConfig, workload: Workload):
+        super().__init__(cfg, workload)
+        self.scorer = FragPack(workload)
 
     def choose(self, node: TraceNode, pod: TracePod, options: list[tuple[int, ...]]) -> Choice:
-        scored = [(self.delta(node, pod, o), o) for o in options]
-        low = min(d for d, _ in scored)
-        near = [(d, o) for d, o in scored if d <= low + self.margin]
-        d, o = min(near, key=lambda t: (sum(node.free[i] for i in t[1]), t[1]))
-        used = (node.gpu_cap - sum(node.free)) / node.gpu_cap if node.gpu_cap else 0.0
-        return -d + used * self.margin, o
+        share = pod.milli if pod.gpus == 1 else WHOLE
+        if pod.gpus == 1 and share < WHOLE:
+            order = self.scorer.gpu_order(node.free, node.cpu_free - pod.cpu, share, [o[0] for o in options])
+            best = (order[0],)
+        else:
+            best = options[0]
+        take = dict.fromkeys(best, share)
+        return self.scorer.score(node.free, node.cpu_free, take, pod.cpu, node.gpu_cap), best
 
 
 def make_policy(name: str, cfg: DeviceConfig, workload: Workload) -> Policy:
-    if name in names.POLICIES:
+    if name in (names.POLICY_BINPACK, names.POLICY_SPREAD):
         return UtilisationPolicy(cfg, workload, name)
     if name == "fgd":
         return FragmentationPolicy(cfg, workload)
-    if name == "frag-pack":
-        return PackedFragmentationPolicy(cfg, workload)
+    if name == names.POLICY_FRAG_PACK:
+        return FragPackPolicy(cfg, workload)
     raise TraceError(f"unknown policy {name!r}; use one of {', '.join(TRACE_POLICIES)}")
 
 
