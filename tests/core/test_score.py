@@ -140,9 +140,9 @@ def test_gpu_policy_mig(policy: str, expected_index: int) -> None:
     assert isinstance(a, Assignment) and a.devices()[0].index == expected_index
 
 
-def test_config_gpu_policy_default_is_frag_pack_and_configurable() -> None:
-    assert DEFAULT.gpu_policy == "frag-pack"
-    assert DEFAULT.node_policy == "frag-pack"
+def test_config_gpu_policy_default_is_spread_and_configurable() -> None:
+    assert DEFAULT.gpu_policy == "spread"
+    assert DEFAULT.node_policy == "binpack"
     cfg = config("scheduler:\n  gpuPolicy: binpack\n")
     n = NodeState("n", gpus("n", [(T4, "hami-core"), (T4, "hami-core")], cfg))
     put(n, "a", cfg, limits={GPU: 1, MEM: 1000}, annotations={"nvidia.com/use-gpuuuid": n.gpus[1].uuid})

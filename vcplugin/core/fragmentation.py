@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from . import names
+
 if TYPE_CHECKING:
     from .node import NodeState
     from .types import Assignment, GpuState
@@ -114,8 +116,12 @@ class FragPack(msgspec.Struct, frozen=True):
         after = list(free)
         for i, t in take.items():
             after[i] -= t
-        d = node_fragmentation(after, cpu_free - cpu, self.workload) - node_fragmentation(free, cpu_free, self.workload)
-        ds = self.starved(sum(after), cpu_free - cpu) - self.starved(sum(free), cpu_free)
+        return self.change(free, cpu_free, after, cpu_free - cpu, gpu_cap)
+
+    def change(self, free: Sequence[int], cpu_free: int, after: Sequence[int], cpu_after: int, gpu_cap: int) -> float:
+        """Score of a node going from (free, cpu_free) to (after, cpu_after)."""
+        d = node_fragmentation(after, cpu_after, self.workload) - node_fragmentation(free, cpu_free, self.workload)
+        ds = self.starved(sum(after), cpu_after) - self.starved(sum(free), cpu_free)
         packed = sum(after) / gpu_cap if gpu_cap else 0.0
         return -d - self.beta * ds - self.margin * packed
 
@@ -142,8 +148,17 @@ UNTRACKED_CPU = 1 << 40  # a node whose CPU the caller does not track never star
 
 
 def gpu_free_share(g: GpuState) -> int:
-    """A GPU's free share in milli-GPUs: the scarcer of cores and memory, 0 when no share is left."""
-    if not g.healthy or g.shares >= g.split_count or g.exclusive or not g.total_memory or not g.total_cores:
+    """A GPU's free share in milli-GPUs. HAMi-core: the scarcer of free cores and memory, 0 when no
+    share is left. MIG: the largest instance any usable geometry could still carve around the
+    instances in use (a MIG GPU's capacity is only as good as its largest free slot)."""
+    if not g.healthy or not g.total_memory:
+        return 0
+    if g.mode == names.MODE_MIG:
+        from .mig import free_slots
+
+        largest = max((s.memory for geo in g.geometries for s, _ in (free_slots(g, geo) or ())), default=0)
+        return min(WHOLE, largest * WHOLE // g.total_memory)
+    if g.shares >= g.split_count or g.exclusive or not g.total_cores:
         return 0
     cores = (g.total_cores - g.used_cores) * WHOLE // g.total_cores
     memory = g.free_memory * WHOLE // g.total_memory
@@ -158,13 +173,21 @@ def grant_share(g: GpuState, memory: int, cores: int) -> int:
 
 
 def placement_score(node: NodeState, assignment: Assignment, scorer: FragPack, cpu: int) -> float:
-    """FragPack's score of an assignment on a node, on the node's state before it."""
-    index = {g.uuid: i for i, g in enumerate(node.gpus)}
+    """FragPack's score of an assignment on a node: the node before, and after the grants applied
+    through the sharing modules themselves (exact for MIG layouts), then restored."""
+    from .node import SHARING
+
     free = [gpu_free_share(g) for g in node.gpus]
-    take: dict[int, int] = {}
-    for d in assignment.devices():
-        i = index.get(d.uuid)
-        if i is not None:
-            take[i] = take.get(i, 0) + grant_share(node.gpus[i], d.memory, d.cores)
-    cpu_free = node.cpu_capacity - node.cpu_used if node.cpu_capacity else UNTRACKED_CPU
-    return scorer.score(free, cpu_free, take, cpu if node.cpu_capacity else 0, WHOLE * len(node.gpus))
+    saved = [g.save() for g in node.gpus]
+    try:
+        for d in assignment.devices():
+            gpu = node.gpu(d.uuid)
+            if gpu is not None:
+                SHARING[d.mode].add(gpu, d, "score", "score")
+        after = [gpu_free_share(g) for g in node.gpus]
+    finally:
+        for g, s in zip(node.gpus, saved, strict=True):
+            g.restore(s)
+    tracked = bool(node.cpu_capacity)
+    cpu_free = node.cpu_capacity - node.cpu_used if tracked else UNTRACKED_CPU
+    return scorer.change(free, cpu_free, after, cpu_free - (cpu if tracked else 0), WHOLE * len(node.gpus))

@@ -65,14 +65,18 @@ def node_score(
 ) -> float:
     """0..100; higher is better. binpack prefers busy nodes, spread idle ones."""
     policy = policy or cfg.node_policy
-    if policy == names.POLICY_FRAG_PACK and assignment is not None and workload is not None and workload.pods:
+    hami_only = assignment is not None and all(d.mode == names.MODE_HAMI_CORE for d in assignment.devices())
+    if policy == names.POLICY_FRAG_PACK and hami_only and workload is not None and workload.pods:
+        assert assignment is not None
         from .fragmentation import FragPack, placement_score
 
         # Raw FragPack scores are milli-GPUs around 0 (a whole GPU fragmented costs 1000); map to 0..100.
         raw = placement_score(node, assignment, FragPack(workload), cpu)
         return round(max(0.0, min(100.0, 50.0 + raw / 20.0)), 4)
     if policy == names.POLICY_FRAG_PACK:
-        policy = names.POLICY_BINPACK  # no workload seen yet: pack
+        # No workload seen yet, or a MIG placement (a MIG GPU's capacity is its geometry, not a share
+        # of memory and cores): pack.
+        policy = names.POLICY_BINPACK
     return policy_score(utilisation(node, cfg), policy)
 
 
