@@ -455,9 +455,11 @@ class NodeAgent:
             await self._wait_progress(0.2)
 
     async def _wait_progress(self, timeout: float) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the wait.
         async with self.progress:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.progress.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.progress.wait()
 
     def _mismatch(self, expectation: Any, detail: str) -> None:
         """kubelet admitted another pod with the devices than the one whose assignment was handed out."""
@@ -522,7 +524,8 @@ class NodeAgent:
     async def _reconcile_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), self.opts.reconcile_interval)
+                async with asyncio.timeout(self.opts.reconcile_interval):
+                    await self.changed.wait()
             self.changed.clear()
             try:
                 await self.reconcile_once()

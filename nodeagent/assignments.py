@@ -70,13 +70,13 @@ def holders(
             continue
         candidates.append(Held(pod, a, _bind_time(pod)))
     candidates.sort(key=lambda h: (h.bind_time, h.pod.metadata.creation_timestamp or "", h.pod.metadata.uid))
-    mig_taken: dict[tuple[str, int], str] = {}
+    mig_taken: dict[tuple[str, int], str] = {}  # (GPU, memory slice) -> pod
     mem: dict[str, int] = {}
     shares: dict[str, int] = {}
     cores: dict[str, int] = {}
     for h in candidates:
         why = None
-        claims: list[tuple[str, int]] = []
+        claims: list[tuple[str, int]] = []  # memory slices this pod's MIG instances cover
         add_mem: dict[str, int] = {}
         add_shares: dict[str, int] = {}
         add_cores: dict[str, int] = {}
@@ -85,12 +85,14 @@ def holders(
                 if d.placement is None:
                     why = "MIG device without placement"
                     break
-                slot = (d.uuid, d.placement[0])
-                if slot in mig_taken or slot in claims:
-                    owner = mig_taken.get(slot, "this pod")
-                    why = f"MIG instance {d.profile}@{d.placement[0]} on {d.uuid} already belongs to {owner}"
+                start, size = d.placement
+                slices = [(d.uuid, k) for k in range(start, start + size)]
+                clash = next((sl for sl in slices if sl in mig_taken or sl in claims), None)
+                if clash is not None:
+                    owner = mig_taken.get(clash, "this pod")
+                    why = f"MIG instance {d.profile}@{start} on {d.uuid} overlaps memory slice {clash[1]} of {owner}"
                     break
-                claims.append(slot)
+                claims.extend(slices)
             else:
                 add_mem[d.uuid] = add_mem.get(d.uuid, 0) + d.memory
                 add_shares[d.uuid] = add_shares.get(d.uuid, 0) + 1

@@ -81,6 +81,7 @@ class MigManager:
         self.gpus: dict[str, MigGpu] = {}
         self.actual: dict[str, list[NvmlInstance]] = {}
         self.unused_since: dict[Key, float] = {}
+        self.failed: dict[str, str] = {}
 
     def set_gpus(self, gpus: list[MigGpu]) -> None:
         self.gpus = {g.uuid: g for g in gpus}
@@ -89,18 +90,29 @@ class MigManager:
         return self.journal.owns(gpu, inst.start, inst.size, inst.profile_id)
 
     async def refresh(self) -> None:
+        """Re-read every MIG GPU; a GPU whose NVML calls fail is left out of this pass (its wants wait)
+        so one broken GPU never stops the work on the others."""
+        self.failed: dict[str, str] = {}
         for uuid, g in self.gpus.items():
-            self.actual[uuid] = await self.nvml.run(self.nvml.instances, g.index)
+            try:
+                self.actual[uuid] = await self.nvml.run(self.nvml.instances, g.index)
+            except Exception as exc:
+                self.actual.pop(uuid, None)
+                self.failed[uuid] = str(exc)
+                log.warning("reading MIG instances of GPU %d failed: %s", g.index, exc)
 
     async def reconcile(self, wants: list[Want]) -> PassResult:
         result = PassResult()
         await self.refresh()
-        wanted: dict[Key, Want] = {w.key: w for w in wants if w.gpu in self.gpus}
+        wanted: dict[Key, Want] = {w.key: w for w in wants if w.gpu in self.gpus and w.gpu not in self.failed}
         for w in wants:
             if w.gpu not in self.gpus:
                 result.waiting[w.pod_uid] = f"GPU {w.gpu} is not a MIG GPU of this node"
+            elif w.gpu in self.failed:
+                result.waiting[w.pod_uid] = f"GPU {w.gpu} does not answer NVML: {self.failed[w.gpu]}"
         now = self.clock()
         missing = [w for w in wanted.values() if not self._present(w)]
+        repaired = False
 
         # 1. Our instances nobody wants: destroy after the grace period, or at once when a wanted
         #    instance needs their slices; never while processes run on them.
@@ -109,10 +121,10 @@ class MigManager:
             for inst in instances:
                 key = (uuid, inst.start, inst.size)
                 want = wanted.get(key)
-                if want is not None and self._matches(g, want, inst):
+                if want is not None and self._matches(g, want, inst) and self.owned(uuid, inst):
                     self.unused_since.pop(key, None)
-                    if self.owned(uuid, inst) and not inst.ci_ids:
-                        await self._create_ci(g, inst, want)  # crashed between GI and CI
+                    if not inst.ci_ids and await self._create_ci(g, inst, want):  # crashed between GI and CI
+                        repaired = True
                     continue
                 if not self.owned(uuid, inst):
                     continue  # not ours: never touched
@@ -138,8 +150,9 @@ class MigManager:
                 self.unused_since.pop(key, None)
                 result.destroyed.append(key)
                 log.info("destroyed unused MIG instance", extra={"fields": {"gpu": uuid, "start": inst.start}})
-        if result.destroyed:
+        if result.destroyed or repaired:
             await self.refresh()
+            missing = [w for w in wanted.values() if not self._present(w)]
 
         # 2. Journal entries whose instance no longer exists.
         present = {(u, i.start, i.size) for u, lst in self.actual.items() for i in lst}
@@ -151,11 +164,15 @@ class MigManager:
             why = await self._create(w, result)
             if why:
                 result.waiting[w.pod_uid] = why
-        if result.created:
-            await self.refresh()
+        await self.refresh()
         for key, w in wanted.items():
             inst = self._instance(key)
-            if inst is not None and inst.mig_uuid and self._matches(self.gpus[w.gpu], w, inst):
+            if (
+                inst is not None
+                and inst.mig_uuid
+                and self._matches(self.gpus[w.gpu], w, inst)
+                and self.owned(w.gpu, inst)
+            ):
                 result.ready[key] = inst.mig_uuid
         return result
 
@@ -167,8 +184,14 @@ class MigManager:
         return prof is not None and prof.id == inst.profile_id
 
     def _present(self, w: Want) -> bool:
+        """The wanted instance exists, is ours, and has its compute instance."""
         inst = self._instance(w.key)
-        return inst is not None and self._matches(self.gpus[w.gpu], w, inst) and bool(inst.ci_ids)
+        return (
+            inst is not None
+            and self._matches(self.gpus[w.gpu], w, inst)
+            and bool(inst.ci_ids)
+            and self.owned(w.gpu, inst)
+        )
 
     async def _create(self, w: Want, result: PassResult) -> str | None:
         g = self.gpus[w.gpu]
