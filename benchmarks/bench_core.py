@@ -58,9 +58,9 @@ def main() -> None:
     rng = random.Random(7)
     cfg = default_config()
     cfg16 = load_config_text(
-        (Path(__file__).resolve().parents[1] / "vcplugin/data/device-config.yaml").read_text().replace(
-            "deviceSplitCount: 10", "deviceSplitCount: 16"
-        )
+        (Path(__file__).resolve().parents[1] / "vcplugin/data/device-config.yaml")
+        .read_text()
+        .replace("deviceSplitCount: 10", "deviceSplitCount: 16")
     )
     results = {}
 
@@ -74,18 +74,18 @@ def main() -> None:
     for i in range(20):
         r = parse_pod(pod(f"fill{i}", 1, rng.choice([4000, 8000, 16000]), rng.choice([10, 20, 30])), cfg)
         hc.allocate(r, cfg)
-    reqs = [parse_pod(pod(f"q{i}", rng.choice([1, 1, 2]), rng.choice([2000, 8000, 30000]), 20), cfg)
-            for i in range(64)]
+    reqs = [parse_pod(pod(f"q{i}", rng.choice([1, 1, 2]), rng.choice([2000, 8000, 30000]), 20), cfg) for i in range(64)]
     it = iter(range(10**12))
-    results["hami_core_fit_score_per_s"] = rate(
-        lambda: (hc.fit(reqs[next(it) % 64], cfg), node_score(hc, cfg)))
+    results["hami_core_fit_score_per_s"] = rate(lambda: (hc.fit(reqs[next(it) % 64], cfg), node_score(hc, cfg)))
 
     # MIG: 8 x A100-40GB, half carrying instances.
     mg = node(cfg, "mig", "NVIDIA A100-PCIE-40GB", 40960)
     for i in range(12):
         mg.allocate(parse_pod(pod(f"m{i}", 1, rng.choice([4000, 9000, 19000]), mode="mig"), cfg), cfg)
-    mreqs = [parse_pod(pod(f"mq{i}", rng.choice([1, 1, 2]), rng.choice([4000, 9000, 19000, 39000]), mode="mig"), cfg)
-             for i in range(64)]
+    mreqs = [
+        parse_pod(pod(f"mq{i}", rng.choice([1, 1, 2]), rng.choice([4000, 9000, 19000, 39000]), mode="mig"), cfg)
+        for i in range(64)
+    ]
     it2 = iter(range(10**12))
     results["mig_fit_score_per_s"] = rate(lambda: (mg.fit(mreqs[next(it2) % 64], cfg), node_score(mg, cfg)))
 

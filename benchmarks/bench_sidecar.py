@@ -59,26 +59,55 @@ def cluster(n_nodes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         model = "NVIDIA A100-SXM4-80GB" if mig else "NVIDIA H100 80GB HBM3"
         mem = 81920 if mig else 81559
         mode = "mig" if mig else "hami-core"
-        reg = [RegisteredGpu(f"GPU-{n:05d}-{i}", 7 if mig else 10, mem, model, True, mode, i)
-               for i in range(GPUS_PER_NODE)]
-        nodes.append({
-            "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1",
-                         "labels": {"kubernetes.io/hostname": name},
-                         "annotations": {"volcano.sh/node-vgpu-register": encode_registration(reg)}},
-            "status": {"allocatable": {"cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "80",
-                                       "nvidia.com/gpumem": str(mem * 8), "nvidia.com/gpucores": "800"},
-                       "conditions": [{"type": "Ready", "status": "True"}]},
-        })
+        reg = [
+            RegisteredGpu(f"GPU-{n:05d}-{i}", 7 if mig else 10, mem, model, True, mode, i) for i in range(GPUS_PER_NODE)
+        ]
+        nodes.append(
+            {
+                "metadata": {
+                    "name": name,
+                    "uid": f"uid-{name}",
+                    "resourceVersion": "1",
+                    "labels": {"kubernetes.io/hostname": name},
+                    "annotations": {"volcano.sh/node-vgpu-register": encode_registration(reg)},
+                },
+                "status": {
+                    "allocatable": {
+                        "cpu": "128",
+                        "memory": "1Ti",
+                        "pods": "110",
+                        "nvidia.com/gpu": "80",
+                        "nvidia.com/gpumem": str(mem * 8),
+                        "nvidia.com/gpucores": "800",
+                    },
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            }
+        )
         state = NodeState(name, [make_gpu(g.uuid, g.index, model, mode, mem, cfg, settings) for g in reg])
         for k in range(PODS_PER_NODE):
             pname = f"p-{n:05d}-{k}"
             limits = {"nvidia.com/gpu": "1", "nvidia.com/gpumem": str([4000, 9000, 16000][k % 3])}
             pod = {
-                "metadata": {"name": pname, "namespace": "bench", "uid": f"uid-{pname}", "resourceVersion": "1",
-                             "annotations": {"volcano.sh/vgpu-mode": mode}, "labels": {"app": "bench"}},
-                "spec": {"nodeName": name, "schedulerName": "volcano", "containers": [
-                    {"name": "main", "image": "nvcr.io/nvidia/pytorch:24.05-py3",
-                     "resources": {"limits": limits, "requests": {"cpu": "4", "memory": "16Gi", **limits}}}]},
+                "metadata": {
+                    "name": pname,
+                    "namespace": "bench",
+                    "uid": f"uid-{pname}",
+                    "resourceVersion": "1",
+                    "annotations": {"volcano.sh/vgpu-mode": mode},
+                    "labels": {"app": "bench"},
+                },
+                "spec": {
+                    "nodeName": name,
+                    "schedulerName": "volcano",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "nvcr.io/nvidia/pytorch:24.05-py3",
+                            "resources": {"limits": limits, "requests": {"cpu": "4", "memory": "16Gi", **limits}},
+                        }
+                    ],
+                },
                 "status": {"phase": "Running"},
             }
             a = state.allocate(parse_pod(pod, cfg), cfg)
@@ -136,8 +165,17 @@ async def serve(kind: str, n_nodes: int, port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(json.dumps({"ready": True, "rss_mib": round(rss_mib(), 1), "base_mib": round(base, 1),
-                      "cache_mib": round(cache_mib, 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "ready": True,
+                "rss_mib": round(rss_mib(), 1),
+                "base_mib": round(base, 1),
+                "cache_mib": round(cache_mib, 1),
+            }
+        ),
+        flush=True,
+    )
     await asyncio.Event().wait()
 
 
@@ -152,18 +190,32 @@ def payloads(n_nodes: int) -> dict[str, Any]:
     for p in pods:
         by_node.setdefault(p["spec"]["nodeName"], []).append(p)
     newpod = {
-        "metadata": {"name": "incoming", "namespace": "bench", "uid": "uid-incoming", "resourceVersion": "7",
-                     "annotations": {}},
-        "spec": {"schedulerName": "volcano", "containers": [{"name": "main", "resources": {
-            "limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "8000"},
-            "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1", "nvidia.com/gpumem": "8000"}}}]},
+        "metadata": {
+            "name": "incoming",
+            "namespace": "bench",
+            "uid": "uid-incoming",
+            "resourceVersion": "7",
+            "annotations": {},
+        },
+        "spec": {
+            "schedulerName": "volcano",
+            "containers": [
+                {
+                    "name": "main",
+                    "resources": {
+                        "limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "8000"},
+                        "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1", "nvidia.com/gpumem": "8000"},
+                    },
+                }
+            ],
+        },
         "status": {"phase": "Pending"},
     }
     task = task_info(newpod)
     sample = nodes[:: max(1, len(nodes) // 64)][:64]
     infos = {n["metadata"]["name"]: node_info(n, by_node.get(n["metadata"]["name"], [])) for n in sample}
     predicate = [go_json({"task": task, "node": info}) for info in infos.values()]
-    prioritize = [go_json({"task": task, "nodes": list(infos.values())[i:i + 16]}) for i in range(0, 64, 16)]
+    prioritize = [go_json({"task": task, "nodes": list(infos.values())[i : i + 16]}) for i in range(0, 64, 16)]
     # onSessionOpen: every node with its pods, stitched from one encoded node per name.
     one = go_json(node_info(nodes[1], by_node[nodes[1]["metadata"]["name"]])).decode()
     old = nodes[1]["metadata"]["name"]
@@ -180,6 +232,7 @@ async def load(url: str, bodies: list[bytes], seconds: float, concurrency: int =
     stop = time.perf_counter() + seconds
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as s:
+
         async def worker(w: int) -> None:
             i = w
             while time.perf_counter() < stop:
@@ -195,8 +248,11 @@ async def load(url: str, bodies: list[bytes], seconds: float, concurrency: int =
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - t0
     lat.sort()
-    return {"rps": len(lat) / elapsed, "p50_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))]}
+    return {
+        "rps": len(lat) / elapsed,
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+    }
 
 
 async def one_shot(url: str, body: bytes, repeat: int = 3) -> float:
@@ -223,10 +279,13 @@ def start(kind: str, n_nodes: int, port: int) -> tuple[subprocess.Popen[str], di
 
 async def bench(n_nodes: int, seconds: float) -> dict[str, Any]:
     data = payloads(n_nodes)
-    out: dict[str, Any] = {"nodes": n_nodes, "pods": n_nodes * PODS_PER_NODE,
-                           "predicate_body_kib": round(statistics.mean(len(b) for b in data["predicate"]) / 1024, 1),
-                           "prioritize_body_kib": round(statistics.mean(len(b) for b in data["prioritize"]) / 1024),
-                           "session_open_mib": round(len(data["open"]) / 2**20, 1)}
+    out: dict[str, Any] = {
+        "nodes": n_nodes,
+        "pods": n_nodes * PODS_PER_NODE,
+        "predicate_body_kib": round(statistics.mean(len(b) for b in data["predicate"]) / 1024, 1),
+        "prioritize_body_kib": round(statistics.mean(len(b) for b in data["prioritize"]) / 1024),
+        "session_open_mib": round(len(data["open"]) / 2**20, 1),
+    }
     # Alternate the two servers twice and keep each one's better round, so warm-up and noise on this
     # shared machine do not favour either.
     for _round in range(2):
@@ -269,16 +328,24 @@ def main() -> None:
     for n in args.nodes:
         r = asyncio.run(bench(n, args.seconds))
         s, b = r["sidecar"], r["bare"]
-        print(f"\n{n} nodes x {GPUS_PER_NODE} GPUs, {r['pods']} pods; predicate body {r['predicate_body_kib']} KiB, "
-              f"prioritize body {r['prioritize_body_kib']} KiB (16 nodes), onSessionOpen {r['session_open_mib']} MiB")
+        print(
+            f"\n{n} nodes x {GPUS_PER_NODE} GPUs, {r['pods']} pods; predicate body {r['predicate_body_kib']} KiB, "
+            f"prioritize body {r['prioritize_body_kib']} KiB (16 nodes), onSessionOpen {r['session_open_mib']} MiB"
+        )
         for verb in ("predicate", "prioritize"):
-            print(f"  {verb:10s} sidecar {s[verb]['rps']:8.0f}/s p50 {s[verb]['p50_ms']:6.2f} ms p99 "
-                  f"{s[verb]['p99_ms']:6.2f} ms | bare {b[verb]['rps']:8.0f}/s p50 {b[verb]['p50_ms']:6.2f} ms "
-                  f"p99 {b[verb]['p99_ms']:6.2f} ms | ratio {r[f'{verb}_throughput_ratio']:.2f}")
-        print(f"  onSessionOpen: sidecar {s['session_open_s'] * 1000:.0f} ms, bare {b['session_open_s'] * 1000:.0f} ms "
-              f"(ratio {r['session_open_ratio']:.2f})")
-        print(f"  sidecar RSS {s['server']['rss_mib']} MiB (cache {s['server']['cache_mib']} MiB); "
-              f"bare RSS {b['server']['rss_mib']} MiB")
+            print(
+                f"  {verb:10s} sidecar {s[verb]['rps']:8.0f}/s p50 {s[verb]['p50_ms']:6.2f} ms p99 "
+                f"{s[verb]['p99_ms']:6.2f} ms | bare {b[verb]['rps']:8.0f}/s p50 {b[verb]['p50_ms']:6.2f} ms "
+                f"p99 {b[verb]['p99_ms']:6.2f} ms | ratio {r[f'{verb}_throughput_ratio']:.2f}"
+            )
+        print(
+            f"  onSessionOpen: sidecar {s['session_open_s'] * 1000:.0f} ms, bare {b['session_open_s'] * 1000:.0f} ms "
+            f"(ratio {r['session_open_ratio']:.2f})"
+        )
+        print(
+            f"  sidecar RSS {s['server']['rss_mib']} MiB (cache {s['server']['cache_mib']} MiB); "
+            f"bare RSS {b['server']['rss_mib']} MiB"
+        )
         print(json.dumps(r))
 
 

@@ -87,8 +87,13 @@ class NodeState:
         return self._place(req, cfg, check_host, True, workload)
 
     def _order(
-        self, gpus: list[GpuState], policy: str, ctr: ContainerRequest, workload: Workload | None
+        self, gpus: list[GpuState], policy: str, ctr: ContainerRequest, workload: Workload | None, pod_asked: bool
     ) -> list[GpuState]:
+        if gpus and gpus[0].mode == names.MODE_MIG and not pod_asked:
+            # MIG instances are isolated in hardware, so spreading them buys nothing and leaves every
+            # GPU partly carved (no room for a whole-GPU instance): MIG GPUs are packed unless the pod
+            # itself asks for spread.
+            return order_gpus(gpus, names.POLICY_BINPACK)
         if policy != names.POLICY_FRAG_PACK or workload is None or not workload.pods or ctr.count != 1:
             return order_gpus(gpus, policy)
         if any(g.mode != names.MODE_HAMI_CORE for g in gpus):
@@ -124,7 +129,9 @@ class NodeState:
                 gpus = self._candidates(req, mode)
                 if not gpus:
                     continue
-                result = SHARING[mode].allocate(self._order(gpus, policy, ctr, workload), ctr, req.uid, req.key)
+                result = SHARING[mode].allocate(
+                    self._order(gpus, policy, ctr, workload, req.gpu_policy is not None), ctr, req.uid, req.key
+                )
                 if isinstance(result, list):
                     got = result
                     break
