@@ -1,9 +1,9 @@
 """MIG facts per GPU model: profiles, placements and the rules that make a layout valid.
 
 Placements are in memory slices ({start, size}), as NVML's nvmlGpuInstancePlacement_t. The tables hold
-what real `nvidia-smi mig -lgip/-lgipp` printed (A30, A100, H100 80GB, H100 NVL); H200 shares the
-7-slice table (inferred from identical profile IDs and memory fractions). Names are labels: the
-agent re-reads names and sizes from NVML and keys on (profile index, slices, memory slices).
+what real `nvidia-smi mig -lgip/-lgipp` and NVML printed (A30, A100, H100 80GB, H100 NVL, and the H200
+read with benchmarks/real_nvml_check.py). Names are labels: the agent re-reads names and sizes from
+NVML and keys on (profile index, slices, memory slices).
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ MODELS: tuple[MigModel, ...] = (
         compute_slices=7,
         memory_slices=8,
         pci_device_ids=(0x233510DE, 0x233B10DE),
-        # 7g.141gb was reported as "about 140 GiB"; 143360 MiB is that figure.
-        profiles=_seven_slice((16384, 33024, 71168, 143360, 0), (16, 26, 32, 60, 64, 132), (18, 35, 71, 141)),
+        # Memory, SMs, IDs and placements as NVML reported them on an H200 (driver 580.159.04).
+        profiles=_seven_slice((16384, 33280, 71424, 143360, 0), (16, 26, 32, 60, 64, 132), (18, 35, 71, 141)),
     ),
 )
 

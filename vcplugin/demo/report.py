@@ -44,9 +44,11 @@ def summarize(r: DemoResult, report_path: str | None = None) -> dict[str, Any]:
     plan, pods, samples = r.plan, list(r.pods.values()), r.samples
     placed = [p for p in pods if p.node]
     gpus_by_mode = Counter(g.mode for g in r.gpus)
-    kinds: dict[str, dict[str, int]] = {}
+    kinds: dict[str, dict[str, int]] = {k: {} for k in plan.kinds}  # the workload's order
     for p in pods:
-        k = kinds.setdefault(p.kind, {"pods": 0, "placed": 0, names.MODE_MIG: 0, names.MODE_HAMI_CORE: 0})
+        k = kinds.setdefault(p.kind, {})
+        if not k:
+            k.update({"pods": 0, "placed": 0, names.MODE_MIG: 0, names.MODE_HAMI_CORE: 0})
         k["pods"] += 1
         if p.node:
             k["placed"] += 1
@@ -99,7 +101,7 @@ def summarize(r: DemoResult, report_path: str | None = None) -> dict[str, Any]:
             "unschedulable": [{"pod": p.key, "reason": unplaced_reason(p)} for p in pods if not p.node],
             "failed_admission": sum(1 for a in admissions if not a.ok),
         },
-        "by_kind": kinds,
+        "by_kind": {name: k for name, k in kinds.items() if k},
         "gangs": gangs,
         "gpu": {
             "peak_busy": max((s.gpus_busy for s in samples), default=0),
@@ -173,7 +175,7 @@ def summary_text(s: dict[str, Any]) -> str:
     )
     calls = s["scheduler_calls"]
     shown = ("predicate", "prioritize", "allocate", "deallocate")
-    verbs = ", ".join(f"{v} {c['count']}" for v, c in calls.items() if v in shown)
+    verbs = ", ".join(f"{v} {calls[v]['count']}" for v in shown if v in calls)
     pred = calls.get("predicate")
     lat = f" (predicate median {pred['p50_ms']:.0f} ms, p99 {pred['p99_ms']:.0f} ms)" if pred else ""
     errors = sum(c["errors"] for c in calls.values())
@@ -305,7 +307,7 @@ def _legend(r: DemoResult) -> str:
 
 # --- charts ------------------------------------------------------------------------------------------
 
-W, PAD_L, PAD_R, PAD_T, PAD_B = 960, 48, 130, 12, 28
+W, PAD_L, PAD_R, PAD_T, PAD_B = 960, 48, 150, 12, 28
 
 
 def _x(step: int, steps: int) -> float:
@@ -391,7 +393,7 @@ def _pods_chart(r: DemoResult) -> str:
         )
     per_step = Counter(sw.step for sw in r.switches)
     strip_y = PAD_T + plot_h + 14
-    out.append(f"<text x='{W - PAD_R + 14}' y='{strip_y + 4}'>MIG geometry switches</text>")
+    out.append(f"<text x='{W - PAD_R + 14}' y='{strip_y + 4}'>geometry switches</text>")
     for step, n in sorted(per_step.items()):
         x = _x(step, steps)
         rad = min(8.0, 3 + 1.5 * n)
@@ -423,7 +425,7 @@ def _x_axis(steps: int, h: int) -> str:
 
 # --- final layouts -----------------------------------------------------------------------------------
 
-CELL, ROW_H, LABEL_W = 84, 30, 250
+CELL, ROW_H, LABEL_W = 84, 30, 280
 
 
 def _by_node(gpus: Iterable[GpuFinal]) -> dict[str, list[GpuFinal]]:
@@ -448,7 +450,8 @@ def _mig_section(r: DemoResult) -> str:
         h = ROW_H * len(gpus) + 8
         pid = f"hatch{n}"
         svg = [
-            f"<svg viewBox='0 0 {width} {h}' width='{width}' role='img' aria-label='MIG layout of {_e(node)}'>",
+            f"<svg viewBox='0 0 {width} {h}' width='{width}' style='max-width:100%;height:auto' role='img' "
+            f"aria-label='MIG layout of {_e(node)}'>",
             f"<defs><pattern id='{pid}' width='6' height='6' patternUnits='userSpaceOnUse' "
             f"patternTransform='rotate(45)'><rect width='6' height='6' fill='#fff'/>"
             f"<line x1='0' y1='0' x2='0' y2='6' stroke='#9aa7b8' stroke-width='2'/></pattern></defs>",
@@ -458,7 +461,7 @@ def _mig_section(r: DemoResult) -> str:
             geom = f"geometry {g.geometry}: {g.geometry_layout}" if g.geometry is not None else "no geometry (idle)"
             svg.append(
                 f"<text x='0' y='{y0 + 13}'>GPU {g.index}</text>"
-                f"<text x='44' y='{y0 + 13}' class='small'>{_e(_clip(geom, 44))}<title>{_e(geom)}</title></text>"
+                f"<text x='44' y='{y0 + 13}' class='small'>{_e(_clip(geom, 42))}<title>{_e(geom)}</title></text>"
             )
             for c in range(g.memory_slices):
                 svg.append(
@@ -499,7 +502,10 @@ def _hami_section(r: DemoResult) -> str:
     for node, gpus in nodes.items():
         width = LABEL_W + bar_w + 10
         h = ROW_H * len(gpus) + 8
-        svg = [f"<svg viewBox='0 0 {width} {h}' width='{width}' role='img' aria-label='shares of {_e(node)}'>"]
+        svg = [
+            f"<svg viewBox='0 0 {width} {h}' width='{width}' style='max-width:100%;height:auto' role='img' "
+            f"aria-label='shares of {_e(node)}'>"
+        ]
         for i, g in enumerate(gpus):
             y0 = 4 + i * ROW_H
             full = bar_w * g.memory / biggest
@@ -550,9 +556,10 @@ def _switch_table(r: DemoResult) -> str:
         for sw in r.switches
     ]
     return (
-        "<p class='muted'>A GPU's geometry is the MIG layout it is carved by (vcplugin/data/device-config.yaml). It "
-        "changes when a pod needs an instance the current one does not offer; instances in use stay where they "
-        "are.</p>" + _table(["session", "GPU", "from", "to", "for pod", "instances kept running"], rows)
+        "<p class='muted'>A GPU's geometry is the MIG layout it is carved by, one of the allowed geometries of "
+        "the device config. It switches when a pod needs an instance the current one does not offer; the "
+        "instances in use stay where they are.</p>"
+        + _table(["session", "GPU", "from", "to", "new instances for", "instances kept in place"], rows)
     )
 
 

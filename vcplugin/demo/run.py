@@ -118,8 +118,8 @@ class GeometrySwitch:
     gpu: str
     old: int
     new: int
-    kept: int  # instances of other pods that stayed where they were during the switch
-    pod: str
+    kept: int  # instances that stayed where they were during the switch
+    pod: str  # the pod(s) whose new instances made the GPU switch
     old_layout: str
     new_layout: str
 
@@ -264,8 +264,7 @@ class Replay:
         self.job_placed: dict[str, int] = {}
         self.samples: list[Sample] = []
         self.switches: list[GeometrySwitch] = []
-        self.last_geometry: dict[str, int] = {}  # GPU uuid -> geometry of its last MIG grant
-        self.live_mig: dict[str, dict[str, int]] = defaultdict(dict)  # GPU uuid -> pod key -> instances
+        self.last_geometry: dict[str, int] = {}  # GPU uuid -> the geometry it had when it last had instances
         self.calls: dict[str, CallStats] = defaultdict(CallStats)
         self.violations: list[str] = []  # over-commitment seen in the sidecar's state
         self.gang_violations: list[str] = []
@@ -313,8 +312,6 @@ class Replay:
             return set()
         self.c.delete_pod(pod)
         rec.departed_step = t
-        for per_pod in self.live_mig.values():
-            per_pod.pop(key, None)
         return {rec.uid}
 
     async def session(self, t: int) -> None:
@@ -324,8 +321,10 @@ class Replay:
         ]
         bound_pods = [p for p in current.values() if (p.get("spec") or {}).get("nodeName")]
         driver = self.c.volcano
+        before = self._mig_instances()
         results = await driver.schedule(jobs, self.api.list("nodes"), existing_pods=bound_pods)
         self._account_calls()
+        self._observe_geometries(t, before)
         bound = set(await bind(self.api, results))  # the async binder: POST pods/binding
         admit: list[PodRecord] = []
         for res in results:
@@ -350,49 +349,60 @@ class Replay:
                 self.ends[job.name] = t + job.duration
                 self.job_placed[job.name] = t
         for rec in admit:
-            self._record_assignment(rec, t)
+            self._record_assignment(rec)
         await self._admit_all(admit)
 
     @staticmethod
     def _placed(res: JobResult, bound: set[str]) -> bool:
         return res.ready and all(tr.key in bound for tr in res.tasks)
 
-    def _record_assignment(self, rec: PodRecord, t: int) -> None:
-        """Keep what the sidecar wrote, and count MIG geometry switches in allocation order."""
+    def _record_assignment(self, rec: PodRecord) -> None:
+        """Keep what the sidecar wrote on the pod: its assignment and signature."""
         ns, _, name = rec.key.partition("/")
         pod = self.api.get("pods", ns, name)
         anns = (pod or {}).get("metadata", {}).get("annotations") or {}
         rec.assignment = anns.get(names.ANNO_ASSIGNMENT, "")
         rec.signature = anns.get(names.ANNO_SIGNATURE, "")
-        if not rec.assignment:
-            return
-        a = decode_assignment(rec.assignment)
-        rec.modes = tuple(d.mode for d in a.devices())
-        state = self.c.sc.state.states.get(a.node)
-        for d in a.devices():
-            if d.mode != names.MODE_MIG or d.geometry is None:
-                continue
-            live = self.live_mig[d.uuid]
-            old = self.last_geometry.get(d.uuid)
-            if old is not None and old != d.geometry:
-                gpu = state.gpu(d.uuid) if state else None
-                geoms = gpu.geometries if gpu else ()
-                self.switches.append(
-                    GeometrySwitch(
-                        t,
-                        a.node,
-                        d.index,
-                        d.uuid,
-                        old,
-                        d.geometry,
-                        sum(n for k, n in live.items() if k != rec.key),
-                        rec.key,
-                        _describe(geoms, old),
-                        _describe(geoms, d.geometry),
+        if rec.assignment:
+            rec.modes = tuple(d.mode for d in decode_assignment(rec.assignment).devices())
+
+    def _mig_instances(self) -> dict[str, tuple[str, set[tuple[str, int, str]]]]:
+        """GPU uuid -> (node, the MIG instances the sidecar holds for pods: (profile, start, pod))."""
+        return {
+            g.uuid: (name, {(i.profile, i.start, i.pod) for i in g.instances})
+            for name, state in self.c.sc.state.states.items()
+            for g in state.gpus
+            if g.mode == names.MODE_MIG
+        }
+
+    def _observe_geometries(self, t: int, before: dict[str, tuple[str, set[tuple[str, int, str]]]]) -> None:
+        """A geometry switch: a GPU got new instances in this session and its geometry (the MIG layout
+        the sidecar carves it by, `vgpu_pool_gpu_geometry` in /metrics) differs from the one it had the
+        last time it had any. `kept` counts the instances that stayed where they were."""
+        for name, state in self.c.sc.state.states.items():
+            for g in state.gpus:
+                if g.mode != names.MODE_MIG or g.geometry is None:
+                    continue
+                now = {(i.profile, i.start, i.pod) for i in g.instances}
+                old = before.get(g.uuid, (name, set()))[1]
+                added = now - old
+                last = self.last_geometry.get(g.uuid)
+                if added and last is not None and last != g.geometry:
+                    self.switches.append(
+                        GeometrySwitch(
+                            t,
+                            name,
+                            g.index,
+                            g.uuid,
+                            last,
+                            g.geometry,
+                            len(now & old),
+                            ", ".join(sorted({pod for _, _, pod in added})),
+                            _describe(g.geometries, last),
+                            _describe(g.geometries, g.geometry),
+                        )
                     )
-                )
-            self.last_geometry[d.uuid] = d.geometry
-            live[rec.key] = live.get(rec.key, 0) + 1
+                self.last_geometry[g.uuid] = g.geometry
 
     async def _admit_all(self, recs: list[PodRecord]) -> None:
         """Kubelet admits pods one at a time per node (nodes in parallel), oldest assignment first:

@@ -82,6 +82,7 @@ class Plan:
     steps: int
     seed: int
     source: str
+    kinds: tuple[str, ...] = ()  # job kinds, in the workload's order
 
     @property
     def pod_count(self) -> int:
@@ -259,4 +260,4 @@ def build_plan(workload: Workload, *, nodes: int | None = None, pods: int | None
         jobs.append(new_job(kind, rng.randrange(arrival_steps), replicas))
         budget -= replicas
     jobs.sort(key=lambda j: j.arrival)  # stable: same-step jobs keep their creation order
-    return Plan(demo_nodes, tuple(jobs), workload.steps, seed, workload.source)
+    return Plan(demo_nodes, tuple(jobs), workload.steps, seed, workload.source, tuple(k.name for k in workload.kinds))
