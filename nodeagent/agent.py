@@ -19,7 +19,7 @@ from vcplugin.core import names
 from vcplugin.core.config import DATA_KEY, ConfigError, DeviceConfig, default_config, load_config_text
 from vcplugin.core.migtables import find_model
 from vcplugin.kube.client import KubeClient, KubeError, node_path, pod_path
-from vcplugin.kube.informer import Informer
+from vcplugin.kube.informer import Informer, configmap_informer
 from vcplugin.kube.objects import ConfigMap, Pod
 from vcplugin.protocol.registration import (
     LayoutGpu,
@@ -345,10 +345,6 @@ class NodeAgent:
         async with self.progress:
             self.progress.notify_all()
 
-    def _on_configmaps(self, cms: list[ConfigMap]) -> None:
-        for cm in cms:
-            self._on_configmap("ADDED", cm)
-
     def _on_configmap(self, kind: str, cm: ConfigMap) -> None:
         if kind == "DELETED" or DATA_KEY not in cm.data:
             return
@@ -567,17 +563,7 @@ class NodeAgent:
                 Informer(self.kube, "/api/v1/pods", Pod, self._on_pods, self._on_pod, label_selector=sel)
             )
             if self.opts.config_map and self.opts.config is None:
-                ns, _, name = self.opts.config_map.partition("/")
-                self.informers.append(
-                    Informer(
-                        self.kube,
-                        f"/api/v1/namespaces/{ns}/configmaps",
-                        ConfigMap,
-                        self._on_configmaps,
-                        self._on_configmap,
-                        field_selector=f"metadata.name={name}",
-                    )
-                )
+                self.informers.append(configmap_informer(self.kube, self.opts.config_map, self._on_configmap))
             for inf in self.informers:
                 self.tasks.append(asyncio.ensure_future(inf.run()))
             await asyncio.wait_for(self.informers[0].synced.wait(), 60)

@@ -8,17 +8,18 @@ import os
 import sys
 
 from vcplugin.core.config import ConfigError, load_config_file
+from vcplugin.runtime import add_common_args
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vcplugin import logs
     from vcplugin.kube.client import KubeClient
+    from vcplugin.runtime import read_key, run, setup_logging
 
     from .agent import AgentOptions, NodeAgent
     from .hamicore_env import HamiCorePaths
     from .nvml import load_nvml
 
-    logs.setup(args.log_level, args.log_format == "json")
+    setup_logging(args)
     node = args.node_name or os.environ.get("NODE_NAME")
     if not node:
         print("error: give --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)", file=sys.stderr)
@@ -29,10 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    key = None
-    if args.signing_key_file:
-        with open(args.signing_key_file, "rb") as f:
-            key = f.read().strip() or None
+    key = read_key(args.signing_key_file)
     opts = AgentOptions(
         node_name=node,
         config_map=args.config_map or None,
@@ -59,12 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await agent.stop()
             await kube.close()
 
-    try:
-        import uvloop
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run(main())
     return 0
 
 
@@ -73,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent for this node")
     run.add_argument("--node-name", help="this node (default: $NODE_NAME)")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
     run.add_argument("--nvml", help="'sim:FILE' for the simulated NVML (default: the real library)")
     run.add_argument("--config-map", default="kube-system/vgpu-pool-device-config", help="NS/NAME of the device config")
     run.add_argument("--config", help="device config file (instead of the ConfigMap)")
@@ -82,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/lib/kubelet/device-plugins",
         help="kubelet's device-plugin directory (kubelet.sock lives there)",
     )
-    run.add_argument("--signing-key-file", help="HMAC key shared with the scheduler sidecar")
     run.add_argument(
         "--state-file",
         default="/var/lib/vgpu-pool/nodeagent-owned.json",
@@ -111,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="kubelet's pod-resources API, used to confirm admissions ('' to disable)",
     )
     run.add_argument("--metrics-listen", default=":9401", help="HOST:PORT for /metrics and /healthz ('' to disable)")
-    run.add_argument("--log-level", default="info")
-    run.add_argument("--log-format", choices=("json", "text"), default="json")
+    add_common_args(run)
     run.set_defaults(func=cmd_run)
     return parser
 

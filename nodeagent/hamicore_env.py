@@ -36,8 +36,12 @@ def hami_core_allocation(
     envs["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = f"{CONTAINER_DIR}/{pod_uid}_{grant.name}.cache"
     cache_dir = os.path.join(paths.host_dir, "containers", f"{pod_uid}_{grant.name}")
     if create_dirs:
-        os.makedirs(cache_dir, mode=0o777, exist_ok=True)
-        os.makedirs(paths.lock_dir, mode=0o777, exist_ok=True)
+        # Containers may run as any user: the directories must be writable by all (umask would cut the
+        # mode given to makedirs). The lock directory is shared by every container, hence sticky.
+        os.makedirs(cache_dir, exist_ok=True)
+        os.chmod(cache_dir, 0o777)
+        os.makedirs(paths.lock_dir, exist_ok=True)
+        os.chmod(paths.lock_dir, 0o1777)
     mounts = (
         MountSpec(f"{CONTAINER_DIR}/{paths.library}", os.path.join(paths.host_dir, paths.library), True),
         MountSpec(CONTAINER_DIR, cache_dir, False),

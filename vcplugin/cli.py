@@ -7,6 +7,7 @@ import json
 import sys
 
 from .core.config import ConfigError, DeviceConfig, default_config, load_config_file
+from .runtime import add_common_args
 
 
 def _config(path: str | None) -> DeviceConfig:
@@ -94,32 +95,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_key(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        key = f.read().strip()
-    if not key:
-        raise SystemExit(f"error: signing key file {path} is empty")
-    return key
-
-
-def _run(coro: object) -> None:
-    import asyncio
-
-    try:
-        import uvloop
-
-        uvloop.run(coro)  # type: ignore[arg-type]
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    from . import logs
+    from .runtime import read_key, run, setup_logging
     from .sidecar.service import ServeOptions, serve_forever
 
-    logs.setup(args.log_level, args.log_format == "json")
+    setup_logging(args)
     try:
         cfg = load_config_file(args.config) if args.config else None
     except ConfigError as exc:
@@ -136,12 +116,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         config_map=args.config_map or None,
         config=cfg,
-        signing_key=_read_key(args.signing_key_file),
+        signing_key=read_key(args.signing_key_file),
         max_body=args.max_body_mib * 1024 * 1024,
         verbs=verbs,
         assign_at_bind=not args.no_assign_at_bind,
+        metrics_listen=args.metrics_listen or None,
     )
-    _run(serve_forever(args.kubeconfig, opts))
+    run(serve_forever(args.kubeconfig, opts))
     return 0
 
 
@@ -169,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     srv = sub.add_parser("serve", help="answer vc-scheduler's extender plugin (the sidecar)")
-    srv.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
     srv.add_argument("--listen", default="127.0.0.1:8713", help="HOST:PORT (default 127.0.0.1:8713)")
     srv.add_argument(
         "--config-map",
@@ -177,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="NS/NAME of the device ConfigMap to watch ('' to disable)",
     )
     srv.add_argument("--config", help="device config file used until (or instead of) the ConfigMap")
-    srv.add_argument("--signing-key-file", help="HMAC key shared with the node agents")
     srv.add_argument("--max-body-mib", type=int, default=512, help="largest request body (default 512 MiB)")
     srv.add_argument("--verb-path", action="append", help="VERB=PATH to serve a verb elsewhere (repeatable)")
     srv.add_argument(
@@ -185,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not assign devices to pods bound without an allocate call (Volcano < 1.13)",
     )
-    srv.add_argument("--log-level", default="info")
-    srv.add_argument("--log-format", choices=("json", "text"), default="json")
+    srv.add_argument(
+        "--metrics-listen", default="", help="HOST:PORT serving only /metrics, /healthz, /readyz (default: on --listen)"
+    )
+    add_common_args(srv)
     srv.set_defaults(func=cmd_serve)
     return parser
 

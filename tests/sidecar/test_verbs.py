@@ -256,3 +256,20 @@ async def test_verb_paths_follow_serve_options(start_cluster) -> None:
         await d.close()
     status, _ = await c.volcano.raw("predicate", b"{}")
     assert status in (404, 405)
+
+
+async def test_metrics_on_their_own_listener_expose_no_verbs(start_cluster) -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = await start_cluster(metrics_listen=f"127.0.0.1:{port}")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 200 and "vgpu_pool_extender_request_seconds" in await r.text()
+        async with http.post(f"http://127.0.0.1:{port}/allocate", json={"task": {}}) as r:
+            assert r.status in (404, 405)
+    assert c.sc.url

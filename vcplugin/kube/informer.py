@@ -119,3 +119,28 @@ class Informer(Generic[T]):
 async def _maybe_await(value: Awaitable[None] | None) -> None:
     if value is not None:
         await value
+
+
+def configmap_informer(
+    kube: KubeClient,
+    ref: str,
+    on_change: Callable[[str, Any], Awaitable[None] | None],
+) -> Informer[Any]:
+    """An informer of one ConfigMap ("namespace/name"): every object it lists or sees changing is
+    handed to `on_change(event type, configmap)` (a relist reports each as "ADDED")."""
+    from .objects import ConfigMap
+
+    ns, _, name = ref.partition("/")
+
+    async def replace(items: list[ConfigMap]) -> None:
+        for cm in items:
+            await _maybe_await(on_change("ADDED", cm))
+
+    return Informer(
+        kube,
+        f"/api/v1/namespaces/{ns}/configmaps",
+        ConfigMap,
+        replace,
+        on_change,
+        field_selector=f"metadata.name={name}",
+    )

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import wire
 from .extender import Extender
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,6 @@ def build_app(
     for verb, path in paths.items():
         app.router.add_post("/" + path.strip("/"), timed(verb, handlers[verb]))
 
-    async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.Response(text="ok") if ready() else web.Response(text="cache not synced", status=503)
-
     verb_paths = {"/" + p.strip("/") for p in paths.values()}
 
     async def unknown(request: web.Request) -> web.Response:
@@ -142,8 +134,28 @@ def build_app(
         known = ", ".join(sorted(verb_paths))
         return _error(404, f"unknown path {request.path!r}; extender verbs: {known}")
 
+    _add_health_routes(app, metrics, ready)
+    app.router.add_route("*", "/{tail:.*}", unknown)
+    return app
+
+
+def _add_health_routes(app: web.Application, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.Response(text="ok") if ready() else web.Response(text="cache not synced", status=503)
+
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", unknown)
+
+
+def build_metrics_app(metrics: Metrics, ready: Callable[[], bool]) -> web.Application:
+    """/metrics, /healthz and /readyz alone (for `--metrics-listen`)."""
+    app = web.Application()
+    _add_health_routes(app, metrics, ready)
     return app

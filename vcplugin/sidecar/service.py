@@ -13,11 +13,11 @@ from aiohttp import web
 
 from ..core.config import DATA_KEY, ConfigError, DeviceConfig, default_config, load_config_text
 from ..kube.client import KubeClient, KubeError
-from ..kube.informer import Informer
+from ..kube.informer import Informer, configmap_informer
 from ..kube.objects import ConfigMap, Node, Pod
 from .extender import Extender
 from .metrics import Metrics
-from .server import build_app
+from .server import build_app, build_metrics_app
 from .state import ClusterState
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class ServeOptions:
     stale_after: int = 300
     unbound_grace: int = 120
     housekeeping_interval: float = 10.0
+    metrics_listen: str | None = None  # a separate HOST:PORT for /metrics, /healthz, /readyz only
 
 
 class Sidecar:
@@ -59,6 +60,7 @@ class Sidecar:
         self.informers: list[Informer] = []  # type: ignore[type-arg]
         self.tasks: list[asyncio.Task[None]] = []
         self.runner: web.AppRunner | None = None
+        self.metrics_runner: web.AppRunner | None = None
         self.url = ""
         self.config_errors = 0
 
@@ -85,10 +87,6 @@ class Sidecar:
             entry = self.state.pods[pod.metadata.uid]
             if entry.holding is None:
                 self.tasks.append(asyncio.ensure_future(self.extender.assign_bound(pod)))
-
-    def _on_configmaps(self, cms: list[ConfigMap]) -> None:
-        for cm in cms:
-            self._on_configmap("ADDED", cm)
 
     def _on_configmap(self, kind: str, cm: ConfigMap) -> None:
         if kind == "DELETED" or DATA_KEY not in cm.data:
@@ -140,17 +138,7 @@ class Sidecar:
             Informer(self.kube, "/api/v1/pods", Pod, self._on_pods, self._on_pod),
         ]
         if self.opts.config_map:
-            ns, _, name = self.opts.config_map.partition("/")
-            self.informers.append(
-                Informer(
-                    self.kube,
-                    f"/api/v1/namespaces/{ns}/configmaps",
-                    ConfigMap,
-                    self._on_configmaps,
-                    self._on_configmap,
-                    field_selector=f"metadata.name={name}",
-                )
-            )
+            self.informers.append(configmap_informer(self.kube, self.opts.config_map, self._on_configmap))
         for inf, res in zip(self.informers, ("nodes", "pods", "configmaps"), strict=False):
             self.tasks.append(asyncio.ensure_future(self._run_informer(inf, res)))
         self.tasks.append(asyncio.ensure_future(self._housekeeping()))
@@ -165,6 +153,14 @@ class Sidecar:
         actual = sockets[0].getsockname()[1] if sockets else int(port)
         self.url = f"http://{host or '127.0.0.1'}:{actual}"
         log.info("extender listening on %s", self.url)
+        if self.opts.metrics_listen:
+            # Metrics on their own listener, so exposing them never exposes the extender verbs.
+            mapp = build_metrics_app(self.metrics, self.ready)
+            self.metrics_runner = web.AppRunner(mapp, access_log=None)
+            await self.metrics_runner.setup()
+            mhost, _, mport = self.opts.metrics_listen.rpartition(":")
+            await web.TCPSite(self.metrics_runner, mhost or "0.0.0.0", int(mport)).start()
+            log.info("metrics listening on %s", self.opts.metrics_listen)
         return self.url
 
     async def _run_informer(self, inf: Informer, resource: str) -> None:  # type: ignore[type-arg]
@@ -202,8 +198,9 @@ class Sidecar:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.runner is not None:
-            await self.runner.cleanup()
+        for runner in (self.runner, self.metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
 
 
 async def serve_forever(kubeconfig: str | None, opts: ServeOptions) -> None:
