@@ -44,6 +44,8 @@ from ._state import (
 DEFAULT_DRIVER_VERSION = "550.90.07"
 MiB = 1 << 20
 NOT_MIG = 0xFFFFFFFF  # gpuInstanceId/computeInstanceId of a process outside MIG
+SUCCESS: int = pynvml.NVML_SUCCESS
+IN_USE: int = pynvml.NVML_ERROR_IN_USE
 
 _T = TypeVar("_T")
 _CArgObject = type(ctypes.byref(ctypes.c_uint()))
@@ -123,7 +125,7 @@ def _deref(ref: Any, what: str) -> Any:
     if ref is None:
         return None
     if isinstance(ref, _CArgObject):
-        return ref._obj
+        return ref._obj  # type: ignore[attr-defined]
     if isinstance(ref, ctypes._Pointer):
         return ref.contents if ref else None
     raise SimUsageError(
@@ -171,7 +173,7 @@ def _out_array(ref: Any, needed: int, what: str, kind: str) -> Any:
     into: a ctypes array, a ctypes pointer to the first element, or byref() of either."""
     obj = ref
     if isinstance(ref, _CArgObject):
-        obj = ref._obj
+        obj = ref._obj  # type: ignore[attr-defined]
         if not isinstance(obj, ctypes.Array):
             obj = (type(obj) * 1).from_buffer(obj)  # byref(one element): room for exactly one
     if isinstance(obj, ctypes.Array):
@@ -683,14 +685,14 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_IN_USE)
         gpu.mig_pending = mode
         if gpu.mig_current == mode:
-            return pynvml.NVML_SUCCESS  # nothing to activate (or a pending change cancelled)
+            return SUCCESS  # nothing to activate (or a pending change cancelled)
         stuck = self._faults.stuck(gpu.index)
         if stuck is not None:
             return _faults.error_code(stuck.status)
         if gpu.busy:
-            return pynvml.NVML_ERROR_IN_USE
+            return IN_USE
         gpu.mig_current = mode
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     # --- GPU instance profiles and placements -------------------------------------------------------
 
@@ -739,7 +741,7 @@ class SimNvml:
             for i, start in enumerate(prof.starts):
                 out[i].start, out[i].size = start, prof.size
         count.value = len(prof.starts)
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlDeviceGetGpuInstanceRemainingCapacity(self, device: Any, profileId: int) -> int:
@@ -781,7 +783,7 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_IN_USE)
         del gi.gpu.gis[gi.id]
         gi.alive = False
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlDeviceGetGpuInstances(
@@ -800,7 +802,7 @@ class SimNvml:
         )
         _store_handles(gpuInstancesRef, [gi.handle for gi in gis], "gpuInstances")
         count.value = len(gis)
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlDeviceGetGpuInstanceById(self, device: Any, gpuInstanceId: int) -> Any:
@@ -873,7 +875,7 @@ class SimNvml:
             for i, start in enumerate(starts):
                 out[i].start, out[i].size = start, cip.slices
         count.value = len(starts)
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlGpuInstanceCreateComputeInstance(self, gpuInstance: Any, profileId: int) -> Any:
@@ -904,7 +906,7 @@ class SimNvml:
             raise _err(pynvml.NVML_ERROR_IN_USE)
         del ci.gi.cis[ci.id]
         ci.alive = False
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlGpuInstanceGetComputeInstances(
@@ -918,7 +920,7 @@ class SimNvml:
         cis = sorted((c for c in gi.cis.values() if c.profile.index == profileId), key=lambda c: c.id)
         _store_handles(computeInstancesRef, [c.handle for c in cis], "computeInstances")
         count.value = len(cis)
-        return pynvml.NVML_SUCCESS
+        return SUCCESS
 
     @_api
     def nvmlGpuInstanceGetComputeInstanceById(self, gpuInstance: Any, computeInstanceId: int) -> Any:
