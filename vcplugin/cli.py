@@ -129,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcplugin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from .demo.cli import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
     sim = sub.add_parser("simulate", help="place pods on simulated nodes with the scheduler's core")
     sim.add_argument("--scenario", help="scenario YAML (nodes and pods); default: the built-in demo")
     sim.add_argument("--config", help="device config YAML (default: the shipped one)")

@@ -43,17 +43,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .run import DemoOptions, NoProgress, run_demo
     from .workload import WorkloadError
 
+    path = os.path.abspath(args.out)
+    if not os.path.isdir(os.path.dirname(path)):  # say so now, not after the run
+        print(f"error: --out {args.out}: no directory {os.path.dirname(path)}", file=sys.stderr)
+        return 2
     opts = DemoOptions(nodes=args.nodes, pods=args.pods, seed=args.seed, workload=args.workload)
+    # Plain asyncio, not uvloop as `serve` uses: the agents' device plugins run on grpc.aio.
     progress = NoProgress() if args.no_progress else LiveProgress(sys.stderr)
     try:
         result = asyncio.run(run_demo(opts, progress))
     except WorkloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TimeoutError as exc:  # a service did not come up (the message says which)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    path = os.path.abspath(args.out)
     summary = summarize(result, path)
     try:
         write_html(result, summary, path)

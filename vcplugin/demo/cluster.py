@@ -9,6 +9,7 @@ each agent's device plugin over real gRPC on a unix socket."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from ..protocol.registration import decode_registration
 from ..sidecar.service import ServeOptions, Sidecar
 from .workload import DemoNode, Plan
 
+log = logging.getLogger("vcplugin.demo")
 Obj = dict[str, Any]
 RESOURCE = "nvidia.com/gpu"
 HOST_RESOURCES = {"cpu": "128", "memory": "1024Gi", "pods": "110"}
@@ -214,16 +216,22 @@ class DemoCluster:
                 raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
             await asyncio.sleep(0.005)
 
-    async def sidecar_sees(self, present: set[str], gone: set[str], timeout: float = 10.0) -> None:
-        """Wait until the sidecar's informer has delivered these pod creations and deletions: a
-        scheduling session right after an API write would otherwise run on the older cache (as
-        Volcano's would, for one cycle)."""
+    async def sidecar_sees(self, present: set[str], gone: set[str], timeout: float = 30.0) -> bool:
+        """Wait until the sidecar's informer has delivered these pod creations and deletions, so that a
+        session right after an API write does not run on the older cache. On a machine so loaded that
+        it takes longer, go on anyway: the sidecar then answers from its older cache, as it would in a
+        real cluster, and the next session catches up."""
         pods = self.sc.state.pods
-        await self.wait_for(
-            lambda: all(u in pods for u in present) and not any(u in pods for u in gone),
-            timeout,
-            "the sidecar's pod cache",
-        )
+        try:
+            await self.wait_for(
+                lambda: all(u in pods for u in present) and not any(u in pods for u in gone),
+                timeout,
+                "the sidecar's pod cache",
+            )
+        except TimeoutError as exc:
+            log.warning("%s; scheduling on the older cache", exc)
+            return False
+        return True
 
     async def admit(self, pod: Obj) -> Admission:
         """Kubelet admitting a bound pod: Allocate on the node's device plugin for the containers that

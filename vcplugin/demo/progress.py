@@ -3,14 +3,15 @@ steps otherwise (CI logs, pipes). Plain ANSI escapes, no dependency."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
-import time
 from typing import TextIO
 
 from .run import Sample
 from .workload import Plan
 
-_UP_AND_CLEAR = "\x1b[{n}F"  # cursor to the start of the line n lines up
+_UP = "\x1b[{n}F"  # cursor to the start of the line n lines up
 _CLEAR_LINE = "\x1b[2K"
 
 
@@ -24,7 +25,6 @@ class LiveProgress:
         self.drawn = 0  # lines of the live table on screen
         self.status_shown = False
         self.every = 1
-        self.started = time.perf_counter()
 
     # --- Progress protocol ----------------------------------------------------------------------
 
@@ -92,8 +92,18 @@ class LiveProgress:
             self.out.write(f"\r{_CLEAR_LINE}")
             self.status_shown = False
         if self.drawn:
-            self.out.write(_UP_AND_CLEAR.format(n=self.drawn))
+            self.out.write(_UP.format(n=self.drawn))
+        # A line wider than the terminal wraps, and moving up by our line count would no longer land on
+        # the table's first line.
+        width = self._columns() - 1
         for line in lines:
-            self.out.write(f"{_CLEAR_LINE}{line}\n")
+            self.out.write(f"{_CLEAR_LINE}{line[:width]}\n")
         self.drawn = len(lines)
         self.out.flush()
+
+    def _columns(self) -> int:
+        """The width of the terminal we draw on (stderr; stdout may be a pipe)."""
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return shutil.get_terminal_size((120, 24)).columns

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,9 @@ from .run import DemoResult, GpuFinal, PodRecord, mean
 
 MIG_COLOR = "#4e79a7"
 HAMI_COLOR = "#f28e2b"
+VERB_ORDER = {
+    v: i for i, v in enumerate(("onSessionOpen", "predicate", "prioritize", "allocate", "deallocate", "onSessionClose"))
+}
 # Hue per job kind (pods of one kind share a hue; each job gets its own shade).
 KIND_HUES = {
     "notebook": 212,
@@ -58,12 +62,12 @@ def summarize(r: DemoResult, report_path: str | None = None) -> dict[str, Any]:
     for job in r.jobs.values():
         if len(job.pods) > 1:
             at = r.job_placed.get(job.name)
-            gangs.append(
+            gangs.append(  # sessions are numbered from 1, as everywhere the demo shows them
                 {
                     "job": job.name,
                     "pods": len(job.pods),
-                    "arrived": job.arrival,
-                    "placed": at,
+                    "arrived": job.arrival + 1,
+                    "placed": None if at is None else at + 1,
                     "waited": None if at is None else at - job.arrival,
                 }
             )
@@ -76,7 +80,7 @@ def summarize(r: DemoResult, report_path: str | None = None) -> dict[str, Any]:
             "p50_ms": _ms(c.quantile(0.5)),
             "p99_ms": _ms(c.quantile(0.99)),
         }
-        for verb, c in sorted(r.calls.items())
+        for verb, c in sorted(r.calls.items(), key=lambda kv: (VERB_ORDER.get(kv[0], len(VERB_ORDER)), kv[0]))
     }
     return {
         "seed": plan.seed,
@@ -137,7 +141,19 @@ def summary_text(s: dict[str, Any]) -> str:
     ]
 
     def row(label: str, text: str) -> None:
-        lines.append(f"  {label:<12}{text}")
+        lines.append(textwrap.fill(text, 110, initial_indent=f"  {label:<12}", subsequent_indent=" " * 14))
+
+    def row_items(label: str, items: list[str]) -> None:
+        """Items on as few lines as fit, never broken inside one."""
+        out, line = [], ""
+        for item in items:
+            if line and len(line) + 2 + len(item) > 96:
+                out.append(line + ",")
+                line = item
+            else:
+                line = f"{line}, {item}" if line else item
+        out.append(line)
+        lines.append(f"  {label:<12}" + ("\n" + " " * 14).join(out))
 
     row(
         "Pods",
@@ -149,15 +165,24 @@ def summary_text(s: dict[str, Any]) -> str:
     for kind, k in s["by_kind"].items():
         text = f"{kind} {k['placed']}/{k['pods']}"
         if kind == "open" or (k[names.MODE_MIG] and k[names.MODE_HAMI_CORE]):
-            text += f" (MIG {k[names.MODE_MIG]}, HAMi-core {k[names.MODE_HAMI_CORE]})"
+            text += f" ({k[names.MODE_MIG]} MIG, {k[names.MODE_HAMI_CORE]} HAMi-core)"
         kinds.append(text)
-    row("by kind", ", ".join(kinds))
-    for g in s["gangs"]:
-        if g["placed"] is None:
-            row("Gang", f"{g['job']}: {g['pods']} pods, not placed (arrived at step {g['arrived'] + 1})")
-        else:
-            wait = f"after waiting {g['waited']} step(s)" if g["waited"] else "on arrival"
-            row("Gang", f"{g['job']}: all {g['pods']} pods placed together at step {g['placed'] + 1}, {wait}")
+    row_items("by kind", kinds)
+    gangs = s["gangs"]
+    if len(gangs) <= 2:
+        for g in gangs:
+            if g["placed"] is None:
+                row("Gang", f"{g['job']}: {g['pods']} pods, not placed (arrived at step {g['arrived']})")
+            else:
+                wait = f"after waiting {g['waited']} step(s)" if g["waited"] else "on arrival"
+                row("Gang", f"{g['job']}: all {g['pods']} pods placed together at step {g['placed']}, {wait}")
+    else:
+        done = [g for g in gangs if g["placed"] is not None]
+        waits = [g["waited"] for g in done if g["waited"]]
+        text = f"{len(done)} of {len(gangs)} gang jobs placed whole, {len(done) - len(waits)} on arrival"
+        if waits:
+            text += f", {len(waits)} after waiting (up to {max(waits)} steps)"
+        row("Gangs", text + ("" if len(done) == len(gangs) else f"; {len(gangs) - len(done)} still waiting"))
     row(
         "GPUs",
         f"peak {gpu['peak_busy']}/{cl['gpus']} busy; GPU memory promised: peak {gpu['memory_peak_percent']:.0f}%, "
@@ -243,8 +268,8 @@ def render_html(r: DemoResult, s: dict[str, Any]) -> str:
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>vgpu-pool demo (seed {s['seed']})</title><style>{CSS}</style></head><body>",
         "<h1>vgpu-pool demo</h1>",
-        f"<p class='sub'>{cl['nodes']} nodes, {cl['gpus']} GPUs ({cl['mig_gpus']} in MIG mode, "
-        f"{cl['hami_core_gpus']} in HAMi-core mode: {_e(_models(cl['models']))}); {pods['total']} pods in "
+        f"<p class='sub'>{cl['nodes']} nodes with {cl['gpus']} GPUs ({_e(_models(cl['models']))}), "
+        f"{cl['mig_gpus']} in MIG mode and {cl['hami_core_gpus']} in HAMi-core mode; {pods['total']} pods in "
         f"{pods['jobs']} Volcano Jobs over {s['steps']} scheduling sessions; seed {s['seed']}; "
         f"{s['seconds']:.1f} s.</p>",
         "<p class='muted'>A simulation in one process: an in-memory Kubernetes API, a simulated NVML per node, a fake "

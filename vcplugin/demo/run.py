@@ -24,7 +24,6 @@ from vgpupool_testing.volcano import UNRESOLVABLE, Job, JobResult, bind
 
 from ..core import names
 from ..core.mig import layout as mig_layout
-from ..core.types import Assignment
 from ..protocol.assignment import decode_assignment, verify
 from .cluster import Admission, DemoCluster
 from .workload import DemoJob, Plan, build_plan, load_workload
@@ -366,16 +365,16 @@ class Replay:
         if rec.assignment:
             rec.modes = tuple(d.mode for d in decode_assignment(rec.assignment).devices())
 
-    def _mig_instances(self) -> dict[str, tuple[str, set[tuple[str, int, str]]]]:
-        """GPU uuid -> (node, the MIG instances the sidecar holds for pods: (profile, start, pod))."""
+    def _mig_instances(self) -> dict[str, set[tuple[str, int, str]]]:
+        """GPU uuid -> the MIG instances the sidecar holds for pods: (profile, start, pod)."""
         return {
-            g.uuid: (name, {(i.profile, i.start, i.pod) for i in g.instances})
-            for name, state in self.c.sc.state.states.items()
+            g.uuid: {(i.profile, i.start, i.pod) for i in g.instances}
+            for state in self.c.sc.state.states.values()
             for g in state.gpus
             if g.mode == names.MODE_MIG
         }
 
-    def _observe_geometries(self, t: int, before: dict[str, tuple[str, set[tuple[str, int, str]]]]) -> None:
+    def _observe_geometries(self, t: int, before: dict[str, set[tuple[str, int, str]]]) -> None:
         """A geometry switch: a GPU got new instances in this session and its geometry (the MIG layout
         the sidecar carves it by, `vgpu_pool_gpu_geometry` in /metrics) differs from the one it had the
         last time it had any. `kept` counts the instances that stayed where they were."""
@@ -384,7 +383,7 @@ class Replay:
                 if g.mode != names.MODE_MIG or g.geometry is None:
                     continue
                 now = {(i.profile, i.start, i.pod) for i in g.instances}
-                old = before.get(g.uuid, (name, set()))[1]
+                old = before.get(g.uuid, set())
                 added = now - old
                 last = self.last_geometry.get(g.uuid)
                 if added and last is not None and last != g.geometry:
@@ -711,11 +710,6 @@ def _describe(geometries: tuple[Any, ...], index: int | None) -> str:
     if index is None or index >= len(geometries):
         return ""
     return str(geometries[index].describe())
-
-
-def pod_assignment(pod: Obj) -> Assignment | None:
-    raw = (pod.get("metadata", {}).get("annotations") or {}).get(names.ANNO_ASSIGNMENT)
-    return decode_assignment(raw) if raw else None
 
 
 def mean(values: list[float]) -> float:

@@ -243,11 +243,13 @@ def build_plan(workload: Workload, *, nodes: int | None = None, pods: int | None
         return job
 
     jobs: list[DemoJob] = []
-    # The fixed kinds first (the gang, the pod that never fits), so a small --pods still shows them.
+    # The fixed kinds first (the gang, the pod that never fits), so a small --pods still shows them,
+    # as long as they leave at least half the pods to the drawn kinds.
+    total = budget
     for kind in (k for k in workload.kinds if k.every):
         count = max(1, budget // kind.every)
         for c in range(count):
-            if budget < kind.replicas:
+            if 2 * kind.replicas > total or budget < kind.replicas:
                 break
             frac = kind.at + (1 - kind.at) * c / count
             jobs.append(new_job(kind, min(arrival_steps - 1, int(frac * arrival_steps)), kind.replicas))
