@@ -13,6 +13,7 @@ arrived GPU request."""
 
 from __future__ import annotations
 
+import abc
 import csv
 import random
 import time
@@ -181,7 +182,7 @@ def _gpu_options(node: TraceNode, pod: TracePod, split: int) -> list[tuple[int, 
     return out
 
 
-class Policy:
+class Policy(abc.ABC):
     """Scores one feasible (node, GPU choice); the replay keeps the best."""
 
     name = "base"
@@ -189,8 +190,9 @@ class Policy:
     def __init__(self, cfg: DeviceConfig, workload: Workload):
         self.cfg, self.workload = cfg, workload
 
+    @abc.abstractmethod
     def choose(self, node: TraceNode, pod: TracePod, options: list[tuple[int, ...]]) -> Choice:
-        raise NotImplementedError
+        """The best of `options` (GPU indexes) on this node, and its score."""
 
 
 class UtilisationPolicy(Policy):
