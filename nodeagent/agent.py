@@ -22,22 +22,29 @@ from vcplugin.kube.client import KubeClient, KubeError, node_path, pod_path
 from vcplugin.kube.informer import Informer, configmap_informer
 from vcplugin.kube.objects import ConfigMap, Pod
 from vcplugin.protocol.registration import (
-    LayoutGpu,
-    LayoutInstance,
     MigLayout,
     RegisteredGpu,
     encode_layout,
     encode_registration,
 )
 
-from .assignments import Held, holders, next_container, remaining_value, wants_of
+from .assignments import (
+    Held,
+    device_containers,
+    holders,
+    next_container,
+    remaining_segments,
+    remaining_value,
+    wants_of,
+)
 from .deviceplugin.server import DevicePluginServer, PluginManager
 from .deviceplugin.types import AllocateError, ContainerAllocation
+from .gpus import AgentGpu, mig_layout, registration, unusable_geometries
 from .hamicore_env import HamiCorePaths, hami_core_allocation, is_mig, mig_allocation
 from .journal import Journal
 from .metrics import AgentMetrics
 from .migmanager import MigGpu, MigManager, PassResult
-from .nvml import Nvml, NvmlGpu
+from .nvml import Nvml
 from .podresources import PodResourcesVerifier
 
 log = logging.getLogger("nodeagent")
@@ -66,17 +73,6 @@ class AgentOptions:
     adopt_foreign: bool = False
     device_plugins: bool = True
     metrics_listen: str | None = None  # HOST:PORT for /metrics and /healthz
-
-
-class AgentGpu(msgspec.Struct):
-    info: NvmlGpu
-    mode: str
-    healthy: bool = True
-    problem: str = ""
-    mig: MigGpu | None = None
-    unusable: list[int] = []
-    memory: int = 0  # registered memory (MiB; scaled in hami-core mode)
-    split: int = 1
 
 
 class NodeAgent:
@@ -180,63 +176,17 @@ class NodeAgent:
             g.info = msgspec.structs.replace(info, mig_current=True, mig_pending=False)
         profiles = await self.nvml.run(self.nvml.profiles, info.index)
         g.mig = MigGpu(info.index, info.uuid, model, profiles)
-        for geom in self.cfg.geometries_for(model):
-            why = None
-            for slot in geom.slots:
-                offered = g.mig.nvml_profile(slot.profile.name)
-                if offered is None:
-                    why = f"driver offers no {slot.profile.name}"
-                elif offered.memory_mib < slot.memory:
-                    why = f"{slot.profile.name} holds {offered.memory_mib} MiB here, config promises {slot.memory}"
-                if why:
-                    break
-            if why:
-                g.unusable.append(geom.index)
-                log.warning("GPU %d: geometry %d %s not usable: %s", info.index, geom.index, geom.describe(), why)
+        for index, why in unusable_geometries(g.mig, self.cfg.geometries_for(model)):
+            g.unusable.append(index)
+            log.warning("GPU %d: geometry %d not usable: %s", info.index, index, why)
 
     # --- publishing ---------------------------------------------------------------------------------
 
     def registration(self) -> list[RegisteredGpu]:
-        return [
-            RegisteredGpu(g.info.uuid, g.split, g.memory, g.info.name, g.healthy, g.mode, g.info.index)
-            for g in self.gpus
-        ]
+        return registration(self.gpus)
 
     def layout(self) -> MigLayout:
-        gpus = []
-        for g in self.gpus:
-            if g.mode != names.MODE_MIG:
-                continue
-            instances = []
-            for inst in self.mig.actual.get(g.info.uuid, []):
-                owned = self.mig.owned(g.info.uuid, inst)
-                entry = self.journal.get(g.info.uuid, inst.start, inst.size)
-                label = _profile_label(g, inst.profile_id)
-                instances.append(
-                    LayoutInstance(
-                        label,
-                        inst.start,
-                        inst.size,
-                        inst.mig_uuid,
-                        entry.pod if entry and owned else "",
-                        entry.pod_uid if entry and owned else "",
-                        owned,
-                    )
-                )
-            gpus.append(
-                LayoutGpu(
-                    g.info.uuid,
-                    g.info.index,
-                    g.info.name,
-                    g.info.memory_mib,
-                    g.info.mig_current,
-                    g.info.mig_pending,
-                    [p.name for p in g.mig.profiles] if g.mig else [],
-                    g.unusable,
-                    instances,
-                )
-            )
-        return MigLayout(1, int(self.clock()), gpus)
+        return mig_layout(self.gpus, self.mig, self.journal, int(self.clock()))
 
     async def publish(self, force: bool = False) -> bool:
         reg = encode_registration(self.registration())
@@ -416,10 +366,8 @@ class NodeAgent:
                 h.pod, {names.ANNO_BIND_PHASE: names.BIND_PHASE_FAILED, "vgpu-pool.io/failure": exc.message}
             )
             raise
-        done = self.consumed.get(uid, 0)
-        from .assignments import device_containers, remaining_segments
-
-        done = max(done, len(device_containers(h.assignment)) - remaining_segments(h.pod)) + 1
+        # Containers admitted so far: what the annotation shows, or what this agent gave out since.
+        done = max(self.consumed.get(uid, 0), len(device_containers(h.assignment)) - remaining_segments(h.pod)) + 1
         self.consumed[uid] = done
         rest = remaining_value(h, done)
         patch: dict[str, str | None] = {names.ANNO_DEVICES_TO_ALLOCATE: rest}
@@ -608,14 +556,3 @@ class NodeAgent:
         if self.runner is not None:
             await self.runner.cleanup()
         self.nvml.close()
-
-
-def _profile_label(g: AgentGpu, profile_id: int) -> str:
-    """Our table's name for an NVML profile id (names drift across drivers; the index does not)."""
-    if g.mig is None:
-        return str(profile_id)
-    offered = next((p for p in g.mig.profiles if p.id == profile_id), None)
-    if offered is None:
-        return str(profile_id)
-    ours = next((p for p in g.mig.model.profiles if p.index == offered.index), None)
-    return ours.name if ours else offered.name
