@@ -41,8 +41,7 @@ class KindInfo:
     group_version: str = "v1"
     namespaced: bool = True
     subresources: tuple[str, ...] = ()
-    verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update",
-                              "watch")
+    verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
     @property
     def prefix(self) -> str:
@@ -60,9 +59,19 @@ KINDS: tuple[KindInfo, ...] = (
 )
 
 _REASONS = {
-    400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
-    409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
-    500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    410: "Expired",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+    504: "Timeout",
 }
 
 
@@ -76,8 +85,15 @@ class FakeApiError(Exception):
         self.details = details
 
     def status(self) -> Obj:
-        st: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                   "message": self.message, "reason": self.reason, "code": self.code}
+        st: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details:
             st["details"] = self.details
         return st
@@ -91,10 +107,16 @@ def _not_found(kind: KindInfo, name: str) -> FakeApiError:
     return FakeApiError(404, f'{kind.plural} "{name}" not found', details={"name": name, "kind": kind.plural})
 
 
-def _conflict(kind: KindInfo, name: str, why: str = "the object has been modified; please apply your "
-              "changes to the latest version and try again") -> FakeApiError:
-    return FakeApiError(409, f'Operation cannot be fulfilled on {kind.plural} "{name}": {why}',
-                        details={"name": name, "kind": kind.plural})
+def _conflict(
+    kind: KindInfo,
+    name: str,
+    why: str = "the object has been modified; please apply your changes to the latest version and try again",
+) -> FakeApiError:
+    return FakeApiError(
+        409,
+        f'Operation cannot be fulfilled on {kind.plural} "{name}": {why}',
+        details={"name": name, "kind": kind.plural},
+    )
 
 
 def _truthy(v: str | None) -> bool:
@@ -165,9 +187,15 @@ class Selector:
         labels = meta.get("labels") or {}
         for op, key, vals in self.label_reqs:
             present, val = key in labels, labels.get(key)
-            ok = {"=": present and val in vals, "==": present and val in vals, "in": present and val in vals,
-                  "!=": val not in vals, "notin": val not in vals,  # absent keys satisfy != / notin
-                  "exists": present, "!": not present}[op]
+            ok = {
+                "=": present and val in vals,
+                "==": present and val in vals,
+                "in": present and val in vals,
+                "!=": val not in vals,
+                "notin": val not in vals,  # absent keys satisfy != / notin
+                "exists": present,
+                "!": not present,
+            }[op]
             if not ok:
                 return False
         return all((_dig(obj, path) == want) == (op == "=") for path, op, want in self.field_reqs)
@@ -192,9 +220,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 # Merge keys of the list fields we care about (the apiserver derives these from Go struct tags).
 _SMP_MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "env": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "ports": "containerPort", "conditions": "type",
-    "imagePullSecrets": "name", "ownerReferences": "uid", "addresses": "type",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "conditions": "type",
+    "imagePullSecrets": "name",
+    "ownerReferences": "uid",
+    "addresses": "type",
 }
 _SMP_PRIMITIVE_MERGE = {"finalizers"}  # lists of scalars merged as a union
 
@@ -339,8 +375,11 @@ _PATCHERS = {
     "application/strategic-merge-patch+json": strategic_merge_patch,
     "application/json-patch+json": json_patch,
 }
-_PATCH_TYPES = {"merge": "application/merge-patch+json", "json": "application/json-patch+json",
-                "strategic": "application/strategic-merge-patch+json"}
+_PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -387,8 +426,9 @@ class _Fault:
 
 
 class FakeKubeApi:
-    def __init__(self, kinds: tuple[KindInfo, ...] = KINDS, max_history: int = 1000,
-                 bookmark_interval: float | None = None):
+    def __init__(
+        self, kinds: tuple[KindInfo, ...] = KINDS, max_history: int = 1000, bookmark_interval: float | None = None
+    ):
         self.kinds = kinds
         self._by_name: dict[str, KindInfo] = {}
         for k in kinds:
@@ -439,11 +479,13 @@ class FakeKubeApi:
 
     def kubeconfig_dict(self, namespace: str = "default") -> Obj:
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake", "preferences": {},
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
+            "preferences": {},
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake",
-                          "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
         }
 
     def write_kubeconfig(self, path: str) -> str:
@@ -480,8 +522,9 @@ class FakeKubeApi:
     def update(self, kind: str, obj: Obj) -> Obj:
         """Replace the whole object, status included (409 if it carries a stale resourceVersion)."""
         k, meta = self.kind(kind), obj.get("metadata") or {}
-        return self._update(k, meta.get("namespace") or ("default" if k.namespaced else ""),
-                            meta.get("name", ""), obj, mode="all")
+        return self._update(
+            k, meta.get("namespace") or ("default" if k.namespaced else ""), meta.get("name", ""), obj, mode="all"
+        )
 
     def patch(self, kind: str, namespace: str | None, name: str, body: Any, patch_type: str = "merge") -> Obj:
         """``patch_type``: merge | strategic | json; patches the whole object, status included."""
@@ -497,8 +540,13 @@ class FakeKubeApi:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[Obj]:
+    def list(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[Obj]:
         k = self.kind(kind)
         sel = Selector(namespace if k.namespaced else None, label_selector, field_selector)
         return [copy.deepcopy(o) for o in self._select(k, sel)]
@@ -524,8 +572,7 @@ class FakeKubeApi:
             if w.bookmarks:
                 w.queue.put_nowait(_BOOKMARK)
 
-    def fail_next(self, n: int = 1, status: int = 500, verbs: Any = None,
-                  path_contains: str | None = None) -> None:
+    def fail_next(self, n: int = 1, status: int = 500, verbs: Any = None, path_contains: str | None = None) -> None:
         """Fail the next ``n`` matching requests. ``verbs`` may mix HTTP methods and k8s verbs."""
         vs = frozenset(v.lower() for v in verbs) if verbs else None
         self._faults.append(_Fault(n, status, vs, path_contains))
@@ -546,8 +593,11 @@ class FakeKubeApi:
         self._patch_conflicts = 0
 
     def count(self, verb: str | None = None, resource: str | None = None) -> int:
-        return sum(c for (v, r), c in self.counts.items()
-                   if (verb is None or v == verb) and (resource is None or r == resource))
+        return sum(
+            c
+            for (v, r), c in self.counts.items()
+            if (verb is None or v == verb) and (resource is None or r == resource)
+        )
 
     @property
     def watcher_count(self) -> int:
@@ -603,8 +653,9 @@ class FakeKubeApi:
         meta = obj.setdefault("metadata", {})
         if kind.namespaced:
             if url_ns and meta.get("namespace") and meta["namespace"] != url_ns:
-                raise FakeApiError(400, "the namespace of the provided object does not match the namespace "
-                                        "sent on the request")
+                raise FakeApiError(
+                    400, "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = url_ns or meta.get("namespace") or "default"
         else:
             meta.pop("namespace", None)
@@ -613,8 +664,12 @@ class FakeKubeApi:
                 raise FakeApiError(422, f"{kind.kind} is invalid: metadata.name: Required value")
             meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
         if (meta.get("namespace", ""), meta["name"]) in self._store[kind]:
-            raise FakeApiError(409, f'{kind.plural} "{meta["name"]}" already exists', "AlreadyExists",
-                               {"name": meta["name"], "kind": kind.plural})
+            raise FakeApiError(
+                409,
+                f'{kind.plural} "{meta["name"]}" already exists',
+                "AlreadyExists",
+                {"name": meta["name"], "kind": kind.plural},
+            )
         for server_owned in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(server_owned, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
@@ -635,8 +690,11 @@ class FakeKubeApi:
     def _patch(self, kind: KindInfo, ns: str, name: str, body: Any, content_type: str, mode: str) -> Obj:
         patcher = _PATCHERS.get(content_type)
         if patcher is None:
-            raise FakeApiError(415, f"the body of the request was in an unknown format - "
-                                    f"accepted media types include: {', '.join(_PATCHERS)}")
+            raise FakeApiError(
+                415,
+                f"the body of the request was in an unknown format - "
+                f"accepted media types include: {', '.join(_PATCHERS)}",
+            )
         if patcher is not json_patch and not isinstance(body, dict):
             raise FakeApiError(400, "merge patch body must be a JSON object")
         cur = self._stored(kind, ns, name)
@@ -663,8 +721,14 @@ class FakeKubeApi:
                 new["status"] = status
         else:
             meta = new.setdefault("metadata", {})
-            for owned in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
-                          "deletionGracePeriodSeconds"):  # immutable or server-owned
+            for owned in (
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ):  # immutable or server-owned
                 if owned in cmeta:
                     meta[owned] = cmeta[owned]
                 else:
@@ -712,8 +776,11 @@ class FakeKubeApi:
         new = copy.deepcopy(cur)
         new.setdefault("spec", {})["nodeName"] = node
         status = new.setdefault("status", {})
-        status["conditions"] = _merge_keyed_list(status.get("conditions") or [], [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}], "type")
+        status["conditions"] = _merge_keyed_list(
+            status.get("conditions") or [],
+            [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
+            "type",
+        )
         self._replace(pods, cur, new, "all")
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -723,16 +790,33 @@ class FakeKubeApi:
         if path in ("/healthz", "/readyz", "/livez"):
             return {"ok": True}
         if path == "/version":
-            return {"major": "1", "minor": "30", "gitVersion": "v1.30.0-fake", "gitCommit": "fake",
-                    "gitTreeState": "clean", "buildDate": "2024-01-01T00:00:00Z", "goVersion": "go1.22",
-                    "compiler": "gc", "platform": "linux/amd64"}
+            return {
+                "major": "1",
+                "minor": "30",
+                "gitVersion": "v1.30.0-fake",
+                "gitCommit": "fake",
+                "gitTreeState": "clean",
+                "buildDate": "2024-01-01T00:00:00Z",
+                "goVersion": "go1.22",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if path == "/apis":
             gvs = sorted({k.group_version for k in self.kinds if k.group_version != "v1"})
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
-                 "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}} for gv in gvs]}
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": gv.split("/")[0],
+                        "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                        "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
+                    }
+                    for gv in gvs
+                ],
+            }
         m = re.fullmatch(r"/api/(v1)(?:/(.*))?", path) or re.fullmatch(r"/apis/([^/]+/[^/]+)(?:/(.*))?", path)
         if not m:
             raise FakeApiError(404, "the server could not find the requested resource")
@@ -740,12 +824,15 @@ class FakeKubeApi:
         if not rest:
             return self._discovery(gv)
         segs, ns = rest.split("/"), None
-        if segs[0] == "namespaces" and len(segs) >= 3 and not (len(segs) == 3 and segs[2] in ("status",
-                                                                                             "finalize")):
+        if segs[0] == "namespaces" and len(segs) >= 3 and not (len(segs) == 3 and segs[2] in ("status", "finalize")):
             ns, segs = segs[1], segs[2:]
         kind = next((k for k in self.kinds if k.group_version == gv and k.plural == segs[0]), None)
-        if kind is None or len(segs) > 3 or (ns is not None and not kind.namespaced) or \
-                (len(segs) == 3 and segs[2] not in kind.subresources):
+        if (
+            kind is None
+            or len(segs) > 3
+            or (ns is not None and not kind.namespaced)
+            or (len(segs) == 3 and segs[2] not in kind.subresources)
+        ):
             raise FakeApiError(404, "the server could not find the requested resource")
         return kind, ns, segs[1] if len(segs) > 1 else None, segs[2] if len(segs) > 2 else None
 
@@ -754,12 +841,26 @@ class FakeKubeApi:
         for k in self.kinds:
             if k.group_version != gv:
                 continue
-            resources.append({"name": k.plural, "singularName": k.kind.lower(), "namespaced": k.namespaced,
-                              "kind": k.kind, "verbs": list(k.verbs)})
+            resources.append(
+                {
+                    "name": k.plural,
+                    "singularName": k.kind.lower(),
+                    "namespaced": k.namespaced,
+                    "kind": k.kind,
+                    "verbs": list(k.verbs),
+                }
+            )
             for sub in k.subresources:
                 verbs = ["create"] if sub == "binding" else ["get", "patch", "update"]
-                resources.append({"name": f"{k.plural}/{sub}", "singularName": "", "namespaced": k.namespaced,
-                                  "kind": "Binding" if sub == "binding" else k.kind, "verbs": verbs})
+                resources.append(
+                    {
+                        "name": f"{k.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": k.namespaced,
+                        "kind": "Binding" if sub == "binding" else k.kind,
+                        "verbs": verbs,
+                    }
+                )
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
     @staticmethod
@@ -795,8 +896,11 @@ class FakeKubeApi:
         if wait:
             await asyncio.sleep(wait)
         for f in self._faults:
-            if f.remaining > 0 and (f.verbs is None or f.verbs & {method.lower(), verb}) and \
-                    (f.path_contains is None or f.path_contains in request.path_qs):
+            if (
+                f.remaining > 0
+                and (f.verbs is None or f.verbs & {method.lower(), verb})
+                and (f.path_contains is None or f.path_contains in request.path_qs)
+            ):
                 f.remaining -= 1
                 return FakeApiError(f.status, f"injected fault ({f.status})").response()
         self._faults = [f for f in self._faults if f.remaining > 0]
@@ -816,26 +920,37 @@ class FakeKubeApi:
         except FakeApiError as e:
             return e.response()
 
-    async def _dispatch(self, request: web.Request, method: str, verb: str, query: dict[str, str],
-                        body: Any, kind: KindInfo, ns: str | None, name: str | None,
-                        sub: str | None) -> web.StreamResponse:
+    async def _dispatch(
+        self,
+        request: web.Request,
+        method: str,
+        verb: str,
+        query: dict[str, str],
+        body: Any,
+        kind: KindInfo,
+        ns: str | None,
+        name: str | None,
+        sub: str | None,
+    ) -> web.StreamResponse:
         obj_ns = ns or ""
         if verb in ("list", "watch", "deletecollection"):
-            sel = Selector(ns if kind.namespaced else None, query.get("labelSelector"),
-                           query.get("fieldSelector"))
+            sel = Selector(ns if kind.namespaced else None, query.get("labelSelector"), query.get("fieldSelector"))
             if verb == "watch":
                 return await self._watch(request, kind, sel, query)
             if verb == "deletecollection":
-                items = [self._delete(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"],
-                                      body)[0] for o in self._select(kind, sel)]
+                items = [
+                    self._delete(kind, o["metadata"].get("namespace", ""), o["metadata"]["name"], body)[0]
+                    for o in self._select(kind, sel)
+                ]
                 return web.json_response(self._list_doc(kind, items, query, paginate=False))
             return web.json_response(self._list_doc(kind, self._select(kind, sel), query))
         if method == "POST":
             if sub == "binding":
                 self._bind(obj_ns, name or "", body)
                 # The real apiserver answers a binding with a Status, not a Binding.
-                return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                          "status": "Success", "code": 201}, status=201)
+                return web.json_response(
+                    {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201
+                )
             if name or (kind.namespaced and ns is None):
                 raise FakeApiError(405, "method not allowed")
             return web.json_response(self._create(kind, body, ns), status=201)
@@ -853,8 +968,7 @@ class FakeKubeApi:
             return web.json_response(obj, status=200 if gone else 202)
         raise FakeApiError(405, "method not allowed")
 
-    def _list_doc(self, kind: KindInfo, items: list[Obj], query: dict[str, str],
-                  paginate: bool = True) -> Obj:
+    def _list_doc(self, kind: KindInfo, items: list[Obj], query: dict[str, str], paginate: bool = True) -> Obj:
         meta: Obj = {"resourceVersion": str(self._rv)}
         if paginate and query.get("continue"):
             try:
@@ -866,14 +980,13 @@ class FakeKubeApi:
         if limit and len(items) > limit:
             last = items[limit - 1]["metadata"]
             token = json.dumps([last.get("namespace", ""), last["name"]]).encode()
-            meta.update({"continue": base64.urlsafe_b64encode(token).decode(),
-                         "remainingItemCount": len(items) - limit})
+            meta.update(
+                {"continue": base64.urlsafe_b64encode(token).decode(), "remainingItemCount": len(items) - limit}
+            )
             items = items[:limit]
         # Like the real apiserver, list items carry no kind/apiVersion.
-        stripped = [{k: copy.deepcopy(v) for k, v in o.items() if k not in ("kind", "apiVersion")}
-                    for o in items]
-        return {"kind": f"{kind.kind}List", "apiVersion": kind.group_version, "metadata": meta,
-                "items": stripped}
+        stripped = [{k: copy.deepcopy(v) for k, v in o.items() if k not in ("kind", "apiVersion")} for o in items]
+        return {"kind": f"{kind.kind}List", "apiVersion": kind.group_version, "metadata": meta, "items": stripped}
 
     @staticmethod
     def _translate(ev: _Event, sel: Selector) -> tuple[str, Obj] | None:
@@ -888,8 +1001,9 @@ class FakeKubeApi:
             return "DELETED", ev.obj
         return None
 
-    async def _watch(self, request: web.Request, kind: KindInfo, sel: Selector,
-                     query: dict[str, str]) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, kind: KindInfo, sel: Selector, query: dict[str, str]
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         rv_param = query.get("resourceVersion") or "0"
@@ -914,8 +1028,12 @@ class FakeKubeApi:
         if since == 0:  # no RV / "0": synthetic ADDED for the current state, then live events
             backlog = [("ADDED", o) for o in self._select(kind, sel)]
         else:
-            backlog = [t for ev in self._history if ev.rv > since and ev.kind is kind
-                       if (t := self._translate(ev, sel)) is not None]
+            backlog = [
+                t
+                for ev in self._history
+                if ev.rv > since and ev.kind is kind
+                if (t := self._translate(ev, sel)) is not None
+            ]
         w = _Watcher(kind, sel, request, _truthy(query.get("allowWatchBookmarks")))
         self._watchers.add(w)
         loop = asyncio.get_running_loop()
@@ -939,8 +1057,14 @@ class FakeKubeApi:
                 if item == _END:
                     break
                 if item == _BOOKMARK:
-                    await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.group_version,
-                                            "metadata": {"resourceVersion": str(self._rv)}})
+                    await send(
+                        "BOOKMARK",
+                        {
+                            "kind": kind.kind,
+                            "apiVersion": kind.group_version,
+                            "metadata": {"resourceVersion": str(self._rv)},
+                        },
+                    )
                 elif isinstance(item, _Event) and (t := self._translate(item, sel)) is not None:
                     await send(*t)
             await resp.write_eof()

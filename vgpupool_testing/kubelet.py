@@ -28,6 +28,8 @@ import grpc
 from nodeagent.deviceplugin import api_pb2, api_pb2_grpc
 from nodeagent.deviceplugin.types import API_VERSION, KUBELET_SOCKET
 
+from .unixgrpc import serve_unix
+
 Devices = list[api_pb2.Device]
 
 
@@ -58,14 +60,7 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(self.socket_dir, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        server = grpc.aio.server()
-        api_pb2_grpc.add_RegistrationServicer_to_server(self, server)
-        server.add_insecure_port(f"unix://{os.path.abspath(self.socket_path)}")
-        await server.start()
-        self._server = server
+        self._server = await serve_unix(self.socket_path, api_pb2_grpc.add_RegistrationServicer_to_server, self)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -85,8 +80,11 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
             if not os.path.isdir(path):
                 os.unlink(path)
         await self.start()
-        await self._wait(lambda: expected <= set(self.plugins), timeout,
-                         f"plugins {sorted(expected - set(self.plugins))} did not register again")
+        await self._wait(
+            lambda: expected <= set(self.plugins),
+            timeout,
+            f"plugins {sorted(expected - set(self.plugins))} did not register again",
+        )
 
     async def __aenter__(self) -> FakeKubelet:
         await self.start()
@@ -170,9 +168,11 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
         await self._wait(lambda: self.update_count(resource) > seen, timeout, f"no update from {resource}")
         return self.devices(resource)
 
-    async def wait_devices(self, resource: str, predicate: Callable[[Devices], bool],
-                           timeout: float | None = None) -> Devices:
+    async def wait_devices(
+        self, resource: str, predicate: Callable[[Devices], bool], timeout: float | None = None
+    ) -> Devices:
         """Wait until the latest device list of ``resource`` satisfies ``predicate``."""
+
         def ok() -> bool:
             plugin = self.plugins.get(resource)
             return bool(plugin and plugin.updates and predicate(plugin.updates[-1]))
@@ -190,13 +190,20 @@ class FakeKubelet(api_pb2_grpc.RegistrationServicer):
 
     async def allocate(self, resource: str, container_requests: list[list[str]]) -> api_pb2.AllocateResponse:
         request = api_pb2.AllocateRequest(
-            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids) for ids in container_requests])
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids) for ids in container_requests]
+        )
         return await self._stub(resource).Allocate(request, timeout=self.timeout)
 
-    async def preferred_allocation(self, resource: str, available: list[str], must_include: list[str] | None = None,
-                                   size: int = 1) -> list[str]:
-        request = api_pb2.PreferredAllocationRequest(container_requests=[api_pb2.ContainerPreferredAllocationRequest(
-            available_deviceIDs=available, must_include_deviceIDs=must_include or [], allocation_size=size)])
+    async def preferred_allocation(
+        self, resource: str, available: list[str], must_include: list[str] | None = None, size: int = 1
+    ) -> list[str]:
+        request = api_pb2.PreferredAllocationRequest(
+            container_requests=[
+                api_pb2.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=available, must_include_deviceIDs=must_include or [], allocation_size=size
+                )
+            ]
+        )
         response = await self._stub(resource).GetPreferredAllocation(request, timeout=self.timeout)
         return list(response.container_responses[0].deviceIDs)
 

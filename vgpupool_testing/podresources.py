@@ -18,6 +18,8 @@ import grpc
 
 from nodeagent.podresources import api_pb2, api_pb2_grpc
 
+from .unixgrpc import serve_unix
+
 SOCKET = "kubelet.sock"
 
 # [(namespace, pod, [(container, [(resource, [device ids])])])]
@@ -37,10 +39,20 @@ class FakePodResources(api_pb2_grpc.PodResourcesListerServicer):
 
     def set_pods(self, pods: Pods) -> None:
         self.pods = [
-            api_pb2.PodResources(namespace=namespace, name=name, containers=[
-                api_pb2.ContainerResources(name=container, devices=[
-                    api_pb2.ContainerDevices(resource_name=resource, device_ids=ids) for resource, ids in devices])
-                for container, devices in containers])
+            api_pb2.PodResources(
+                namespace=namespace,
+                name=name,
+                containers=[
+                    api_pb2.ContainerResources(
+                        name=container,
+                        devices=[
+                            api_pb2.ContainerDevices(resource_name=resource, device_ids=ids)
+                            for resource, ids in devices
+                        ],
+                    )
+                    for container, devices in containers
+                ],
+            )
             for namespace, name, containers in pods
         ]
 
@@ -50,14 +62,7 @@ class FakePodResources(api_pb2_grpc.PodResourcesListerServicer):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        os.makedirs(self.socket_dir, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        server = grpc.aio.server()
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(self, server)
-        server.add_insecure_port(f"unix://{os.path.abspath(self.socket_path)}")
-        await server.start()
-        self._server = server
+        self._server = await serve_unix(self.socket_path, api_pb2_grpc.add_PodResourcesListerServicer_to_server, self)
 
     async def stop(self) -> None:
         """Stop serving and remove the socket, as a stopped kubelet leaves it."""
@@ -76,21 +81,25 @@ class FakePodResources(api_pb2_grpc.PodResourcesListerServicer):
 
     # -- PodResourcesLister ----------------------------------------------------------------------
 
-    async def List(self, request: api_pb2.ListPodResourcesRequest,
-                   context: grpc.aio.ServicerContext) -> api_pb2.ListPodResourcesResponse:
+    async def List(
+        self, request: api_pb2.ListPodResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListPodResourcesResponse:
         self.list_calls += 1
         return api_pb2.ListPodResourcesResponse(pod_resources=self.pods)
 
-    async def GetAllocatableResources(self, request: api_pb2.AllocatableResourcesRequest,
-                                      context: grpc.aio.ServicerContext) -> api_pb2.AllocatableResourcesResponse:
+    async def GetAllocatableResources(
+        self, request: api_pb2.AllocatableResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.AllocatableResourcesResponse:
         return api_pb2.AllocatableResourcesResponse(devices=self.allocatable)
 
-    async def Get(self, request: api_pb2.GetPodResourcesRequest,
-                  context: grpc.aio.ServicerContext) -> api_pb2.GetPodResourcesResponse:
+    async def Get(
+        self, request: api_pb2.GetPodResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.GetPodResourcesResponse:
         for pod in self.pods:
             if pod.namespace == request.pod_namespace and pod.name == request.pod_name:
                 return api_pb2.GetPodResourcesResponse(pod_resources=pod)
         # kubelet returns a plain Go error here, which gRPC sends as UNKNOWN
-        await context.abort(grpc.StatusCode.UNKNOWN,
-                            f"pod {request.pod_name} in namespace {request.pod_namespace} not found")
+        await context.abort(
+            grpc.StatusCode.UNKNOWN, f"pod {request.pod_name} in namespace {request.pod_namespace} not found"
+        )
         raise AssertionError("unreachable")

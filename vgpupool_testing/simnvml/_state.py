@@ -69,9 +69,7 @@ class ComputeInstance:
     def label(self) -> str:
         """Name part as nvidia-smi prints it: "3g.20gb" for a full-size CI, "1c.3g.20gb" for a smaller one."""
         gi_name = self.gi.profile.name
-        return (
-            gi_name if self.profile.slices == self.gi.profile.slices else f"{self.profile.slices}c.{gi_name}"
-        )
+        return gi_name if self.profile.slices == self.gi.profile.slices else f"{self.profile.slices}c.{gi_name}"
 
 
 @dataclass(eq=False)

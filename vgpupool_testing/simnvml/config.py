@@ -98,9 +98,7 @@ def from_dict(spec: dict[str, Any]) -> SimNvml:
                     )
                 )
                 for inst in entry.get("instances") or []:
-                    sim.create_instance(
-                        index, inst["profile"], inst.get("start"), bool(inst.get("compute", True))
-                    )
+                    sim.create_instance(index, inst["profile"], inst.get("start"), bool(inst.get("compute", True)))
             except Exception as exc:
                 raise ValueError(f"{where}: {exc}") from exc
             first = index if first is None else first
@@ -108,9 +106,7 @@ def from_dict(spec: dict[str, Any]) -> SimNvml:
             k = int(proc.get("gpu", 0))
             if not 0 <= k < count or first is None:
                 raise ValueError(f"{where}: process gpu {k} outside this entry's {count} GPUs")
-            sim.add_process(
-                first + k, int(proc["pid"]), int(proc["used_mib"]), proc.get("gi_id"), proc.get("ci_id")
-            )
+            sim.add_process(first + k, int(proc["pid"]), int(proc["used_mib"]), proc.get("gi_id"), proc.get("ci_id"))
     for fault in spec.get("faults") or []:
         sim.inject(fault)
     return sim
@@ -124,9 +120,7 @@ def from_yaml(path_or_text: str | os.PathLike[str]) -> SimNvml:
         text = path_or_text
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise ValueError(
-            f"{str(path_or_text)[:80]!r} is neither a simulator YAML file nor YAML text with a mapping"
-        )
+        raise ValueError(f"{str(path_or_text)[:80]!r} is neither a simulator YAML file nor YAML text with a mapping")
     return from_dict(data)
 
 

@@ -109,9 +109,7 @@ def _address(handle: Any) -> int | None:
         return ctypes.cast(handle, ctypes.c_void_p).value
     if isinstance(handle, ctypes.c_void_p):
         return handle.value
-    raise SimUsageError(
-        f"expected an NVML handle (a ctypes pointer as pynvml returns), got {type(handle).__name__}"
-    )
+    raise SimUsageError(f"expected an NVML handle (a ctypes pointer as pynvml returns), got {type(handle).__name__}")
 
 
 def _handle(addr: int, ptr_type: Any) -> Any:
@@ -129,8 +127,7 @@ def _deref(ref: Any, what: str) -> Any:
     if isinstance(ref, ctypes._Pointer):
         return ref.contents if ref else None
     raise SimUsageError(
-        f"{what}: pass ctypes.byref(x) (pynvml hands this argument to C as a pointer), "
-        f"got {type(ref).__name__}"
+        f"{what}: pass ctypes.byref(x) (pynvml hands this argument to C as a pointer), got {type(ref).__name__}"
     )
 
 
@@ -139,9 +136,7 @@ def _uint_out(ref: Any) -> ctypes.c_uint:
     if obj is None:
         raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
     if not isinstance(obj, ctypes.c_uint):
-        raise SimUsageError(
-            f"count: expected ctypes.byref(ctypes.c_uint()), got a reference to {type(obj).__name__}"
-        )
+        raise SimUsageError(f"count: expected ctypes.byref(ctypes.c_uint()), got a reference to {type(obj).__name__}")
     return obj
 
 
@@ -323,9 +318,7 @@ class SimNvml:
                 uuid=spec.uuid or self._new_uuid("GPU-"),
                 model=model,
                 memory_mib=int(spec.memory_mib or (model.memory_mib if model else 0)),
-                pci_device_id=spec.pci_device_id
-                if spec.pci_device_id is not None
-                else _pci_device_id(model, name),
+                pci_device_id=spec.pci_device_id if spec.pci_device_id is not None else _pci_device_id(model, name),
                 minor=index,
                 bus=(0x10 + index) & 0xFF,
                 mig_current=current,
@@ -353,12 +346,7 @@ class SimNvml:
         value = getattr(pynvml, name, None)
         if value is None:
             raise AttributeError(f"pynvml has no attribute {name!r}")
-        if (
-            name.startswith("nvml")
-            and callable(value)
-            and not isinstance(value, type)
-            and name not in _PURE_HELPERS
-        ):
+        if name.startswith("nvml") and callable(value) and not isinstance(value, type) and name not in _PURE_HELPERS:
             raise AttributeError(f"SimNvml does not simulate {name}")
         return value
 
@@ -603,9 +591,7 @@ class SimNvml:
                 return _handle(gpu.handle, pynvml.c_nvmlDevice_t)
             for ci in gpu.all_cis():
                 if ci.uuid == text or (
-                    legacy
-                    and legacy.group(1) == gpu.uuid
-                    and (ci.gi.id, ci.id) == (int(legacy[2]), int(legacy[3]))
+                    legacy and legacy.group(1) == gpu.uuid and (ci.gi.id, ci.id) == (int(legacy[2]), int(legacy[3]))
                 ):
                     self._fire(gpu)
                     return _handle(ci.dev_handle, pynvml.c_nvmlDevice_t)
@@ -786,9 +772,7 @@ class SimNvml:
         return SUCCESS
 
     @_api
-    def nvmlDeviceGetGpuInstances(
-        self, device: Any, profileId: int, gpuInstancesRef: Any, countRef: Any
-    ) -> int:
+    def nvmlDeviceGetGpuInstances(self, device: Any, profileId: int, gpuInstancesRef: Any, countRef: Any) -> int:
         """Fills a caller array of c_nvmlGpuInstance_t (size it with the profile's instanceCount)."""
         gpu = self._parent(device)
         self._need_mig_capable(gpu)
@@ -797,9 +781,7 @@ class SimNvml:
         count = _uint_out(countRef)
         if _is_null(gpuInstancesRef):
             raise _err(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        gis = sorted(
-            (gi for gi in gpu.gis.values() if gi.profile.profile_id == profileId), key=lambda g: g.id
-        )
+        gis = sorted((gi for gi in gpu.gis.values() if gi.profile.profile_id == profileId), key=lambda g: g.id)
         _store_handles(gpuInstancesRef, [gi.handle for gi in gis], "gpuInstances")
         count.value = len(gis)
         return SUCCESS
@@ -841,9 +823,7 @@ class SimNvml:
         if version == 2:
             info: Any = pynvml.c_nvmlComputeInstanceProfileInfo_v2_t()
             full = cip.slices == gi.profile.slices
-            info.name = (
-                f"MIG {gi.profile.name}" if full else f"MIG {cip.slices}c.{gi.profile.name}"
-            ).encode()
+            info.name = (f"MIG {gi.profile.name}" if full else f"MIG {cip.slices}c.{gi.profile.name}").encode()
         else:
             info = pynvml.c_nvmlComputeInstanceProfileInfo_t()
         info.id = cip.index
@@ -1050,9 +1030,7 @@ class SimNvml:
                     raise ValueError(f"GPU {gpu_index} has no GPU instance {gi_id}")
                 if ci_id is None:
                     if len(gi.cis) != 1:
-                        raise ValueError(
-                            f"GPU instance {gi_id} has {len(gi.cis)} compute instances: give ci_id"
-                        )
+                        raise ValueError(f"GPU instance {gi_id} has {len(gi.cis)} compute instances: give ci_id")
                     ci_id = next(iter(gi.cis))
                 elif ci_id not in gi.cis:
                     raise ValueError(f"GPU instance {gi_id} has no compute instance {ci_id}")
@@ -1084,9 +1062,7 @@ class SimNvml:
             if not gpu.mig_enabled:
                 raise ValueError(f"GPU {gpu_index} does not have MIG enabled")
             assert gpu.model is not None
-            prof = (
-                gpu.model.profile(profile) if isinstance(profile, str) else gpu.model.profile_by_id(profile)
-            )
+            prof = gpu.model.profile(profile) if isinstance(profile, str) else gpu.model.profile_by_id(profile)
             if prof is None:
                 raise ValueError(f"GPU {gpu_index} ({gpu.model.key}) has no profile {profile!r}")
             if start is not None and start not in prof.starts:
